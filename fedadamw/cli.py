@@ -17,6 +17,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from fedadamw.algorithms import ALGORITHMS, get_algorithm
 from fedadamw.errors import FedAdamWError, InvalidArgumentError
 from fedadamw.plotting import plot_records
@@ -151,6 +153,12 @@ def _simulation_flags(parser: argparse.ArgumentParser, defaults: SimulationConfi
     )
     parser.add_argument("--device", default=defaults.device, help="torch device, e.g. cpu or cuda")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads; 0 keeps torch's default (small models often run best on 1)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=None, help="output directory (default: runs/simulate-TIME)"
     )
 
@@ -198,10 +206,16 @@ def _config_from(args: argparse.Namespace) -> SimulationConfig:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    return _run(_config_from(args), args.out or _default_out("simulate"))
+    config = _config_from(args)
+    if args.threads < 0:
+        raise InvalidArgumentError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return _run(config, args.out or _default_out("simulate"))
 
 
 def _demo(args: argparse.Namespace) -> int:
+    torch.set_num_threads(1)  # the demo's models are tiny: threads would only contend
     return _run(DEMO, args.out or _default_out("demo"))
 
 

@@ -1,0 +1,16 @@
+"""Test-wide settings.
+
+The tests train tiny models, where torch's intra-op threads only contend with each other
+(and with the other processes a test starts), so every test process, and every process a
+test starts, uses one thread.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch
+
+torch.set_num_threads(1)

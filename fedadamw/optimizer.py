@@ -11,12 +11,14 @@ of steps t taken before this round. The k-th ``step()`` of the round then does::
     x  = x − lr·( m̂/(√v̂ + ε) + α·ΔG + λ·x )
 
 Without ``begin_round`` the optimizer is ``torch.optim.AdamW`` (foreach, no amsgrad), bit for
-bit: t = 0, ΔG = 0 and v starts at zero.
+bit: t = 0, ΔG = 0, v starts at zero, and the operations run in AdamW's order.
 
-The updates use torch's multi-tensor ``_foreach_*`` kernels, grouped by device and dtype, in
-the same order of operations as ``torch.optim.AdamW``. The correction and the weight decay
-share one pass over x: ΔG is constant within a round, so ``begin_round`` stores the target
-y = −(α/λ)·ΔG and each step does ``x ← lerp(x, y, lr·λ) = x·(1 − lr·λ) − lr·α·ΔG``.
+The updates use torch's multi-tensor ``_foreach_*`` kernels, grouped by device and dtype. In
+a round two rewrites keep a step as cheap as AdamW's, though they round differently in the
+last bit. The correction and the weight decay share one pass over x: ΔG is constant within a
+round, so ``begin_round`` stores y = −(α/λ)·ΔG and each step does
+``x ← lerp(x, y, lr·λ) = x·(1 − lr·λ) − lr·α·ΔG``. And the bias correction of v moves into
+the step size, which saves a pass: m̂/(√v̂ + ε) = b·m̂/(√v + ε·b) with b = √(1 − β2^(t+k)).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = ["FedAdamW"]
 # Per-group keys that persist in ``state_dict()``.
 _ROUND_STEP = "round_step"  # k: steps taken in this round
 _GLOBAL_STEP = "global_step"  # t: steps taken before this round
+_IN_ROUND = "in_round"  # begin_round was called
 # Per-parameter state keys.
 _EXP_AVG = "exp_avg"
 _EXP_AVG_SQ = "exp_avg_sq"
@@ -76,6 +79,7 @@ class FedAdamW(torch.optim.Optimizer):
             "alpha": alpha,
             _ROUND_STEP: 0,
             _GLOBAL_STEP: 0,
+            _IN_ROUND: False,
         }
         super().__init__(params, defaults)
 
@@ -114,6 +118,7 @@ class FedAdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             group[_ROUND_STEP] = 0
             group[_GLOBAL_STEP] = global_step
+            group[_IN_ROUND] = True
             for p in group["params"]:
                 state = self.state[p]
                 state[_EXP_AVG] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -215,9 +220,15 @@ class FedAdamW(torch.optim.Optimizer):
             torch._foreach_mul_(exp_avg_sqs, beta2)
             torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
             denom = torch._foreach_sqrt(exp_avg_sqs)
-            torch._foreach_div_(denom, bias_correction2_sqrt)
-            torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(bucket, exp_avgs, denom, step_size)
+            if group[_IN_ROUND]:
+                # m̂/(√v̂ + ε) = b·m̂/(√v + ε·b) with b = √(1 − β2^t): one pass over the
+                # parameters fewer than AdamW's order, which pays for the correction's.
+                torch._foreach_add_(denom, eps * bias_correction2_sqrt)
+                torch._foreach_addcdiv_(bucket, exp_avgs, denom, step_size * bias_correction2_sqrt)
+            else:  # torch.optim.AdamW's exact order of operations
+                torch._foreach_div_(denom, bias_correction2_sqrt)
+                torch._foreach_add_(denom, eps)
+                torch._foreach_addcdiv_(bucket, exp_avgs, denom, step_size)
 
 
 def _correction(state: dict[str, Any], *, alpha: float, weight_decay: float) -> Tensor | None:

@@ -40,10 +40,12 @@ _ZEROS = memoryview(bytes(CHUNK_BYTES))
 _BIG_ENDIAN_HOST = sys.byteorder == "big"
 
 
-def _encryptor(seed: bytes) -> CipherContext:
+def _encryptor(seed: bytes, counter_block: bytes = _ZERO_IV) -> CipherContext:
     if len(seed) != SEED_BYTES:
         raise SecAggError(ErrorCode.INVALID_INPUT, f"PRG seed must be 32 bytes, got {len(seed)}")
-    return Cipher(algorithms.AES(seed), modes.CTR(_ZERO_IV)).encryptor()
+    if len(counter_block) != _BLOCK:
+        raise SecAggError(ErrorCode.INVALID_INPUT, "the initial counter block is 16 bytes")
+    return Cipher(algorithms.AES(seed), modes.CTR(counter_block)).encryptor()
 
 
 def _check_buffer(out: np.ndarray) -> None:
@@ -77,10 +79,12 @@ class Keystream:
 
     ``fill(out)`` overwrites ``out`` with the next ``out.nbytes`` bytes of ``PRG(seed)``, so
     filling two halves in turn gives the same words as one :func:`keystream_into` call.
+    ``counter_block`` (16 bytes, big-endian counter) is zero in the protocol; known-answer
+    tests set it to the standard's initial counter.
     """
 
-    def __init__(self, seed: bytes) -> None:
-        self._encryptor = _encryptor(seed)
+    def __init__(self, seed: bytes, *, counter_block: bytes = _ZERO_IV) -> None:
+        self._encryptor = _encryptor(seed, counter_block)
 
     def fill(self, out: np.ndarray) -> None:
         """Overwrite ``out`` (C-contiguous ``uint32``/``uint64``) with the next keystream."""

@@ -1,0 +1,855 @@
+"""The server side of SecAgg+ as a state machine, one class per phase.
+
+The coordinator creates the first phase with :func:`start_server`, feeds it client
+messages in any order with :meth:`ServerPhase.receive`, and ends each phase with
+:meth:`ServerPhase.close` (at the deadline, or once :attr:`ServerPhase.pending` is empty),
+which returns a :class:`ServerStep`: the next state and one message per client to send.
+
+=============================  =====================================  =====================
+state                          receives                               alive set
+=============================  =====================================  =====================
+:class:`ServerAdvertiseKeys`   :class:`AdvertiseKeys`                 the cohort
+:class:`ServerShareKeys`       :class:`ShareKeys`                     U1 (advertised)
+:class:`ServerMaskedInput`     :class:`MaskedInput`, chunks           U2 (shared keys)
+:class:`ServerConsistencyCheck`  :class:`ConsistencySignature`        U3 (masked input in)
+:class:`ServerUnmasking`       :class:`UnmaskResponse`                U4 (signed U3)
+:class:`ServerCompleted`       nothing                                the result
+:class:`ServerAborted`         nothing                                the reason
+=============================  =====================================  =====================
+
+Every phase also takes :class:`ClientAbort` (the client leaves; recorded with its reason)
+and :meth:`ServerPhase.abort` ends the round on the coordinator's word.
+
+Contracts the coordinator relies on:
+
+* **Order and duplicates.** Within a phase, messages may arrive in any order. A message
+  equal to one already recorded returns :attr:`ReceiveOutcome.DUPLICATE` and changes
+  nothing; a *different* message from the same client raises ``CONFLICTING_MESSAGE``.
+* **Bad messages never break the round.** A malformed message, a bad signature, a stranger
+  or a message for another session raises :class:`~secure_agg.errors.SecAggError` and
+  leaves the state as it was. A message of another phase raises ``UNEXPECTED_MESSAGE``
+  naming both.
+* **O(d) memory.** Masked inputs are added into one running sum as they arrive (whole, or
+  as ``(client, offset, values)`` chunks in any order). A chunk is summed at once, so a
+  client whose upload is only partly summed when the phase closes makes the sum
+  unrecoverable: the round aborts with ``INCOMPLETE_MASKED_INPUT``. Stage a client's
+  chunks durably and feed them once its upload is complete (the coordinator must make
+  them durable before acknowledging anyway).
+* **Persistence.** Each phase's state is one plain dataclass (``phase.data``): frozen
+  messages, sets, dicts, one numpy array. Rebuild the phase after a restart with
+  ``ServerX(data)`` or :func:`restore_server`. :meth:`message_for` regenerates the message
+  that opened the phase for any client, so a reconnecting client can be served again.
+* **Unmasking.** Survivors' self masks come off using their b reconstructed from b-shares;
+  dropped clients' pair masks come off using their s_sk reconstructed from s_sk-shares
+  (checked against the advertised public key). Fewer than t shares for any of them aborts
+  with ``TOO_FEW_SHARES``; shares that disagree abort with ``INCONSISTENT_SHARES``.
+* **Erasure.** Ciphertexts are dropped when phase 2 closes, revealed shares and rebuilt
+  secrets when phase 4 closes; :class:`ServerCompleted` holds only the sum.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Mapping
+from typing import ClassVar
+
+import numpy as np
+
+from secure_agg import kdf, shamir, signing
+from secure_agg.errors import ErrorCode, SecAggError
+from secure_agg.messages import (
+    AdvertiseKeys,
+    ClientAbort,
+    ClientMessage,
+    ConsistencyRequest,
+    ConsistencySignature,
+    EncryptedShare,
+    KeysBroadcast,
+    MaskedInput,
+    MaskedInputChunk,
+    RoundAborted,
+    ServerMessage,
+    ShareKeys,
+    SharesDelivery,
+    SurvivorSignature,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from secure_agg.params import SessionConfig
+from secure_agg.prg import add_masks
+from secure_agg.quantize import SegmentLayout, decode_sum
+from secure_agg.reasons import AbortReason, DropReason, Phase, ReceiveOutcome
+from secure_agg.session import Session, self_mask_seed
+
+__all__ = [
+    "AdvertiseKeysData",
+    "AggregateResult",
+    "ConsistencyCheckData",
+    "Dropout",
+    "MaskedInputData",
+    "ServerAborted",
+    "ServerAdvertiseKeys",
+    "ServerCompleted",
+    "ServerConsistencyCheck",
+    "ServerMaskedInput",
+    "ServerPhase",
+    "ServerShareKeys",
+    "ServerState",
+    "ServerStep",
+    "ServerUnmasking",
+    "ShareKeysData",
+    "UnmaskingData",
+    "restore_server",
+    "start_server",
+]
+
+_SEALED_SHARE_BYTES = 12 + 16 + 16 + 2 * shamir.SHARE_BYTES
+
+
+def _invalid(message: str) -> SecAggError:
+    return SecAggError(ErrorCode.INVALID_MESSAGE, message)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dropout:
+    """Why and when a client stopped counting as alive (metric labels)."""
+
+    phase: Phase
+    reason: DropReason
+    client_reason: AbortReason | None = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AggregateResult:
+    """The unmasked sum of the survivors' (U3) quantized vectors, in the ring."""
+
+    session_id: bytes
+    survivors: tuple[int, ...]
+    ring_sum: np.ndarray
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.survivors)
+
+    def decode(self, layout: SegmentLayout) -> dict[str, np.ndarray]:
+        """Float64 sums per segment (:func:`~secure_agg.quantize.decode_sum`)."""
+        return decode_sum(layout, self.ring_sum, num_clients=self.num_clients)
+
+
+# Plain, persistable data of each phase -------------------------------------------------
+
+
+@dataclasses.dataclass
+class AdvertiseKeysData:
+    """Phase 0. ``cohort`` maps selected client ids to their enrolled identity keys."""
+
+    config: SessionConfig
+    cohort: dict[int, bytes] | None
+    adverts: dict[int, AdvertiseKeys] = dataclasses.field(default_factory=dict)
+    dropouts: dict[int, Dropout] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class ShareKeysData:
+    """Phase 1: the session (U1) and the shares received so far."""
+
+    session: Session
+    shares: dict[int, ShareKeys] = dataclasses.field(default_factory=dict)
+    dropouts: dict[int, Dropout] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class MaskedInputData:
+    """Phase 2: U2, the shares to route, the running sum and each client's chunks.
+
+    ``chunks[client]`` maps offsets to lengths of the summed chunks; ``complete`` is U3 so
+    far.
+    """
+
+    session: Session
+    u2: frozenset[int]
+    shares: dict[int, ShareKeys]
+    running_sum: np.ndarray
+    chunks: dict[int, dict[int, int]] = dataclasses.field(default_factory=dict)
+    complete: set[int] = dataclasses.field(default_factory=set)
+    dropouts: dict[int, Dropout] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class ConsistencyCheckData:
+    """Phase 3: U2, U3, the masked sum and the survivor-set signatures so far."""
+
+    session: Session
+    u2: frozenset[int]
+    u3: frozenset[int]
+    running_sum: np.ndarray
+    signatures: dict[int, bytes] = dataclasses.field(default_factory=dict)
+    dropouts: dict[int, Dropout] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class UnmaskingData:
+    """Phase 4: U2, U3, U4 with their signatures, the masked sum and the responses so far."""
+
+    session: Session
+    u2: frozenset[int]
+    u3: frozenset[int]
+    signatures: dict[int, bytes]
+    running_sum: np.ndarray
+    responses: dict[int, UnmaskResponse] = dataclasses.field(default_factory=dict)
+    dropouts: dict[int, Dropout] = dataclasses.field(default_factory=dict)
+
+
+# States ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerStep:
+    """The state after closing a phase, and the message for each client."""
+
+    state: ServerState
+    messages: dict[int, ServerMessage]
+
+
+class ServerState(abc.ABC):
+    """Base of all server states."""
+
+    phase: ClassVar[Phase]
+
+    def receive(self, message: ClientMessage) -> ReceiveOutcome:
+        """Record one client message (see the module docstring)."""
+        raise SecAggError(
+            ErrorCode.UNEXPECTED_MESSAGE,
+            f"server state {type(self).__name__} does not expect {type(message).__name__}",
+        )
+
+
+class ServerCompleted(ServerState):
+    """The round produced a sum; ``dropouts`` says who left and why."""
+
+    phase = Phase.COMPLETED
+
+    def __init__(self, result: AggregateResult, dropouts: dict[int, Dropout]) -> None:
+        self.result = result
+        self.dropouts = dropouts
+
+
+class ServerAborted(ServerState):
+    """The round ended without a sum in ``during``, because of ``reason``."""
+
+    phase = Phase.ABORTED
+
+    def __init__(self, reason: AbortReason, during: Phase, dropouts: dict[int, Dropout]) -> None:
+        self.reason = reason
+        self.during = during
+        self.dropouts = dropouts
+
+
+class ServerPhase(ServerState):
+    """A phase that collects messages until :meth:`close`."""
+
+    expects: ClassVar[tuple[type, ...]]
+
+    @property
+    @abc.abstractmethod
+    def round_id(self) -> str: ...
+
+    @property
+    @abc.abstractmethod
+    def dropouts(self) -> dict[int, Dropout]: ...
+
+    @property
+    @abc.abstractmethod
+    def participants(self) -> frozenset[int]:
+        """Clients this phase expects to hear from, dropped ones included."""
+
+    @property
+    @abc.abstractmethod
+    def responded(self) -> frozenset[int]:
+        """Clients whose message for this phase is recorded (complete, for inputs)."""
+
+    @abc.abstractmethod
+    def close(self) -> ServerStep:
+        """End the phase: record non-responders, check the threshold, move on."""
+
+    @abc.abstractmethod
+    def _receive(self, message: ClientMessage) -> ReceiveOutcome: ...
+
+    @abc.abstractmethod
+    def _forget(self, client_id: int) -> None:
+        """Drop what this phase recorded from a client that aborted, where possible."""
+
+    @property
+    def alive(self) -> frozenset[int]:
+        """Participants that have not dropped out."""
+        return self.participants - self.dropouts.keys()
+
+    @property
+    def pending(self) -> frozenset[int]:
+        """Alive participants not heard from yet; close early once it is empty."""
+        return self.alive - self.responded
+
+    def receive(self, message: ClientMessage) -> ReceiveOutcome:
+        if isinstance(message, ClientAbort):
+            return self._client_abort(message)
+        if not isinstance(message, self.expects):
+            raise SecAggError(
+                ErrorCode.UNEXPECTED_MESSAGE,
+                f"server state {type(self).__name__} does not expect {type(message).__name__}",
+            )
+        return self._receive(message)
+
+    def abort(self, reason: AbortReason = AbortReason.CANCELLED) -> ServerStep:
+        """End the round without a sum; tell every alive participant."""
+        return self._abort_with(reason, self.alive)
+
+    def _client_abort(self, message: ClientAbort) -> ReceiveOutcome:
+        if message.round_id != self.round_id:
+            raise SecAggError(ErrorCode.WRONG_SESSION, "abort notice for another round")
+        if message.client_id not in self.participants:
+            raise _invalid(f"client {message.client_id} is not in phase {self.phase.name}")
+        previous = self.dropouts.get(message.client_id)
+        if previous is not None:
+            if previous.client_reason is message.reason:
+                return ReceiveOutcome.DUPLICATE
+            raise SecAggError(
+                ErrorCode.CONFLICTING_MESSAGE, f"client {message.client_id} already dropped"
+            )
+        self.dropouts[message.client_id] = Dropout(
+            self.phase, DropReason.CLIENT_ABORTED, message.reason
+        )
+        self._forget(message.client_id)
+        return ReceiveOutcome.ACCEPTED
+
+    def _sender(self, client_id: int) -> None:
+        """Check that ``client_id`` may send in this phase."""
+        if client_id not in self.participants:
+            raise _invalid(f"client {client_id} is not a participant of {self.phase.name}")
+        if client_id in self.dropouts:
+            raise _invalid(f"client {client_id} has dropped out of the round")
+
+    def _record_silent(self, responders: frozenset[int]) -> None:
+        for client in self.alive - responders:
+            self.dropouts[client] = Dropout(self.phase, DropReason.NO_RESPONSE)
+
+    def _abort_with(self, reason: AbortReason, recipients: frozenset[int]) -> ServerStep:
+        notice = RoundAborted(round_id=self.round_id, reason=reason)
+        messages: dict[int, ServerMessage] = dict.fromkeys(recipients, notice)
+        return ServerStep(ServerAborted(reason, self.phase, self.dropouts), messages)
+
+
+def start_server(
+    config: SessionConfig, *, cohort: Mapping[int, bytes] | None = None
+) -> ServerAdvertiseKeys:
+    """Open phase 0 for ``config``.
+
+    ``cohort``, if given, maps each selected client id to its enrolled Ed25519 public key;
+    adverts from other ids, or with another identity key, are refused.
+    """
+    return ServerAdvertiseKeys(
+        AdvertiseKeysData(config=config, cohort=None if cohort is None else dict(cohort))
+    )
+
+
+class _SessionPhase(ServerPhase):
+    """A phase after phase 0: it has a session and a session id to check."""
+
+    _session: Session
+
+    @property
+    def round_id(self) -> str:
+        return self._session.config.round_id
+
+    @property
+    def session_id(self) -> bytes:
+        return self._session.session_id
+
+    def _check_session(self, session_id: bytes) -> None:
+        if session_id != self._session.session_id:
+            raise SecAggError(ErrorCode.WRONG_SESSION, "message for another session")
+
+    def _check_duplicate(self, recorded: object, message: object, client_id: int) -> bool:
+        if recorded is None:
+            return False
+        if recorded == message:
+            return True
+        raise SecAggError(
+            ErrorCode.CONFLICTING_MESSAGE,
+            f"client {client_id} already sent a different {type(message).__name__}",
+        )
+
+
+class ServerAdvertiseKeys(ServerPhase):
+    """Phase 0: collect signed key adverts."""
+
+    phase = Phase.ADVERTISE_KEYS
+    expects = (AdvertiseKeys,)
+
+    def __init__(self, data: AdvertiseKeysData) -> None:
+        self.data = data
+
+    @property
+    def round_id(self) -> str:
+        return self.data.config.round_id
+
+    @property
+    def dropouts(self) -> dict[int, Dropout]:
+        return self.data.dropouts
+
+    @property
+    def participants(self) -> frozenset[int]:
+        if self.data.cohort is not None:
+            return frozenset(self.data.cohort)
+        return frozenset(self.data.adverts) | frozenset(self.data.dropouts)
+
+    @property
+    def responded(self) -> frozenset[int]:
+        return frozenset(self.data.adverts)
+
+    def _client_abort(self, message: ClientAbort) -> ReceiveOutcome:
+        if self.data.cohort is None and message.client_id not in self.data.adverts:
+            # Without a cohort, a client that never advertised is simply not counted.
+            if message.round_id != self.round_id:
+                raise SecAggError(ErrorCode.WRONG_SESSION, "abort notice for another round")
+            return ReceiveOutcome.DUPLICATE
+        return super()._client_abort(message)
+
+    def _forget(self, client_id: int) -> None:
+        self.data.adverts.pop(client_id, None)
+
+    def _receive(self, message: ClientMessage) -> ReceiveOutcome:
+        assert isinstance(message, AdvertiseKeys)
+        data = self.data
+        client = message.client_id
+        if message.round_id != data.config.round_id:
+            raise SecAggError(ErrorCode.WRONG_SESSION, "advert for another round")
+        if not 0 < client < 2**63:
+            raise _invalid(f"client id {client} not in [1, 2**63)")
+        if data.cohort is not None:
+            enrolled = data.cohort.get(client)
+            if enrolled is None:
+                raise _invalid(f"client {client} is not in the cohort")
+            if enrolled != message.identity_key:
+                raise _invalid(f"client {client} advertised a key that is not its enrolled one")
+        if client in data.dropouts:
+            raise _invalid(f"client {client} has dropped out of the round")
+        recorded = data.adverts.get(client)
+        if recorded is not None:
+            if recorded == message:
+                return ReceiveOutcome.DUPLICATE
+            raise SecAggError(ErrorCode.CONFLICTING_MESSAGE, f"client {client} advertised twice")
+        for key in (message.encryption_key, message.masking_key):
+            if len(key) != kdf.KEY_BYTES:
+                raise _invalid("X25519 public keys are 32 bytes")
+        payload = signing.advertise_payload(
+            round_id=message.round_id,
+            client_id=client,
+            encryption_key=message.encryption_key,
+            masking_key=message.masking_key,
+        )
+        signing.verify(message.identity_key, message.signature, payload)
+        if len(data.adverts) >= data.config.params.max_clients:
+            raise SecAggError(
+                ErrorCode.TOO_MANY_CLIENTS,
+                f"the layout is sized for {data.config.params.max_clients} clients",
+            )
+        keys = {message.encryption_key, message.masking_key, message.identity_key}
+        for other in data.adverts.values():
+            if keys & {other.encryption_key, other.masking_key, other.identity_key}:
+                raise _invalid(f"client {client} reuses a public key of client {other.client_id}")
+        data.adverts[client] = message
+        return ReceiveOutcome.ACCEPTED
+
+    def close(self) -> ServerStep:
+        data = self.data
+        self._record_silent(self.responded)
+        u1 = frozenset(data.adverts)
+        if len(u1) - 1 < data.config.params.threshold:
+            return self._abort_with(AbortReason.TOO_FEW_CLIENTS, u1)
+        keys = tuple(data.adverts[client] for client in sorted(u1))
+        session = Session(data.config, keys)
+        state = ServerShareKeys(ShareKeysData(session=session, dropouts=data.dropouts))
+        return ServerStep(state, {client: state.message_for(client) for client in state.alive})
+
+
+class ServerShareKeys(_SessionPhase):
+    """Phase 1: collect each client's encrypted shares for its neighbours."""
+
+    phase = Phase.SHARE_KEYS
+    expects = (ShareKeys,)
+
+    def __init__(self, data: ShareKeysData) -> None:
+        self.data = data
+        self._session = data.session
+
+    @property
+    def dropouts(self) -> dict[int, Dropout]:
+        return self.data.dropouts
+
+    @property
+    def participants(self) -> frozenset[int]:
+        return self._session.clients
+
+    @property
+    def responded(self) -> frozenset[int]:
+        return frozenset(self.data.shares)
+
+    def message_for(self, client_id: int) -> KeysBroadcast:
+        """The broadcast that opened this phase (the same for every client)."""
+        return KeysBroadcast(round_id=self.round_id, keys=self._session.keys)
+
+    def _forget(self, client_id: int) -> None:
+        self.data.shares.pop(client_id, None)
+
+    def _receive(self, message: ClientMessage) -> ReceiveOutcome:
+        assert isinstance(message, ShareKeys)
+        client = message.client_id
+        self._check_session(message.session_id)
+        self._sender(client)
+        if self._check_duplicate(self.data.shares.get(client), message, client):
+            return ReceiveOutcome.DUPLICATE
+        recipients = [share.recipient for share in message.shares]
+        if sorted(recipients) != sorted(self._session.neighbours(client)):
+            raise _invalid(f"client {client} must send exactly one share to each neighbour")
+        for share in message.shares:
+            if share.sender != client or share.session_id != self.session_id:
+                raise _invalid(f"client {client} sent a share with a wrong envelope")
+            if len(share.ciphertext) != _SEALED_SHARE_BYTES:
+                raise _invalid(f"client {client} sent a share of the wrong size")
+        self.data.shares[client] = message
+        return ReceiveOutcome.ACCEPTED
+
+    def close(self) -> ServerStep:
+        data = self.data
+        self._record_silent(self.responded)
+        u2 = frozenset(data.shares) - data.dropouts.keys()
+        if len(u2) < self._session.threshold:
+            return self._abort_with(AbortReason.TOO_FEW_CLIENTS, u2)
+        layout = self._session.config.params.layout
+        state = ServerMaskedInput(
+            MaskedInputData(
+                session=self._session,
+                u2=u2,
+                shares={client: data.shares[client] for client in u2},
+                running_sum=np.zeros(layout.length, dtype=layout.dtype),
+                dropouts=data.dropouts,
+            )
+        )
+        return ServerStep(state, {client: state.message_for(client) for client in state.alive})
+
+
+class ServerMaskedInput(_SessionPhase):
+    """Phase 2: add masked inputs (whole or in chunks) into the running sum."""
+
+    phase = Phase.MASKED_INPUT
+    expects = (MaskedInput, MaskedInputChunk)
+
+    def __init__(self, data: MaskedInputData) -> None:
+        self.data = data
+        self._session = data.session
+        self._inbox: dict[int, list[EncryptedShare]] | None = None
+
+    @property
+    def dropouts(self) -> dict[int, Dropout]:
+        return self.data.dropouts
+
+    @property
+    def participants(self) -> frozenset[int]:
+        return self.data.u2
+
+    @property
+    def responded(self) -> frozenset[int]:
+        return frozenset(self.data.complete)
+
+    def message_for(self, client_id: int) -> SharesDelivery:
+        """The shares the client's neighbours in U2 sent it, and its dead neighbours."""
+        if self._inbox is None:
+            inbox: dict[int, list[EncryptedShare]] = {client: [] for client in self.data.u2}
+            for sender in sorted(self.data.u2):
+                for share in self.data.shares[sender].shares:
+                    if share.recipient in inbox:
+                        inbox[share.recipient].append(share)
+            self._inbox = inbox
+        neighbours = self._session.neighbours(client_id)
+        dead = sorted(neighbours - self.data.u2)
+        return SharesDelivery(
+            session_id=self.session_id,
+            shares=tuple(self._inbox.get(client_id, ())),
+            dead=tuple(dead),
+        )
+
+    def _forget(self, client_id: int) -> None:
+        # Chunks already summed cannot be taken back; close() decides what that means.
+        return None
+
+    def _receive(self, message: ClientMessage) -> ReceiveOutcome:
+        assert isinstance(message, MaskedInput | MaskedInputChunk)
+        data = self.data
+        client = message.client_id
+        self._check_session(message.session_id)
+        self._sender(client)
+        offset = message.offset if isinstance(message, MaskedInputChunk) else 0
+        values = message.values
+        total = data.running_sum.shape[0]
+        if isinstance(message, MaskedInput) and values.shape != (total,):
+            raise _invalid(f"a masked input has {total} elements, got shape {values.shape}")
+        if values.dtype != data.running_sum.dtype or values.ndim != 1 or values.shape[0] < 1:
+            raise _invalid(
+                f"masked values must be non-empty 1-D {data.running_sum.dtype}, "
+                f"got {values.dtype} {values.shape}"
+            )
+        length = values.shape[0]
+        if offset < 0 or offset + length > total:
+            raise _invalid(f"chunk [{offset}, {offset + length}) outside [0, {total})")
+        received = data.chunks.setdefault(client, {})
+        if received.get(offset) == length:
+            return ReceiveOutcome.DUPLICATE
+        for start, size in received.items():
+            if start < offset + length and offset < start + size:
+                raise SecAggError(
+                    ErrorCode.CONFLICTING_MESSAGE,
+                    f"client {client}: chunk [{offset}, {offset + length}) overlaps "
+                    f"[{start}, {start + size})",
+                )
+        window = data.running_sum[offset : offset + length]
+        np.add(window, values, out=window)
+        received[offset] = length
+        if sum(received.values()) == total:
+            data.complete.add(client)
+            return ReceiveOutcome.INPUT_COMPLETE
+        return ReceiveOutcome.ACCEPTED
+
+    def close(self) -> ServerStep:
+        data = self.data
+        partial = {client for client in data.chunks if client not in data.complete}
+        if partial:
+            return self._abort_with(AbortReason.INCOMPLETE_MASKED_INPUT, self.alive)
+        u3 = frozenset(data.complete)
+        self._record_silent(u3)
+        if len(u3) < self._session.threshold:
+            return self._abort_with(AbortReason.TOO_FEW_CLIENTS, u3 - data.dropouts.keys())
+        state = ServerConsistencyCheck(
+            ConsistencyCheckData(
+                session=self._session,
+                u2=data.u2,
+                u3=u3,
+                running_sum=data.running_sum,
+                dropouts=data.dropouts,
+            )
+        )
+        return ServerStep(state, {client: state.message_for(client) for client in state.alive})
+
+
+class ServerConsistencyCheck(_SessionPhase):
+    """Phase 3: collect signatures over the survivor set U3."""
+
+    phase = Phase.CONSISTENCY_CHECK
+    expects = (ConsistencySignature,)
+
+    def __init__(self, data: ConsistencyCheckData) -> None:
+        self.data = data
+        self._session = data.session
+
+    @property
+    def dropouts(self) -> dict[int, Dropout]:
+        return self.data.dropouts
+
+    @property
+    def participants(self) -> frozenset[int]:
+        return self.data.u3
+
+    @property
+    def responded(self) -> frozenset[int]:
+        return frozenset(self.data.signatures)
+
+    def message_for(self, client_id: int) -> ConsistencyRequest:
+        """The survivor set U3 and the dropped set U2 - U3 (the same for every client)."""
+        return ConsistencyRequest(
+            session_id=self.session_id,
+            alive=tuple(sorted(self.data.u3)),
+            dead=tuple(sorted(self.data.u2 - self.data.u3)),
+        )
+
+    def _forget(self, client_id: int) -> None:
+        self.data.signatures.pop(client_id, None)
+
+    def _receive(self, message: ClientMessage) -> ReceiveOutcome:
+        assert isinstance(message, ConsistencySignature)
+        client = message.client_id
+        self._check_session(message.session_id)
+        self._sender(client)
+        if self._check_duplicate(self.data.signatures.get(client), message.signature, client):
+            return ReceiveOutcome.DUPLICATE
+        payload = signing.consistency_payload(session_id=self.session_id, survivors=self.data.u3)
+        signing.verify(self._session.by_id[client].identity_key, message.signature, payload)
+        self.data.signatures[client] = message.signature
+        return ReceiveOutcome.ACCEPTED
+
+    def close(self) -> ServerStep:
+        data = self.data
+        self._record_silent(self.responded)
+        u4 = frozenset(data.signatures) - data.dropouts.keys()
+        if len(u4) < self._session.threshold:
+            return self._abort_with(AbortReason.TOO_FEW_CLIENTS, u4)
+        state = ServerUnmasking(
+            UnmaskingData(
+                session=self._session,
+                u2=data.u2,
+                u3=data.u3,
+                signatures={client: data.signatures[client] for client in u4},
+                running_sum=data.running_sum,
+                dropouts=data.dropouts,
+            )
+        )
+        return ServerStep(state, {client: state.message_for(client) for client in state.alive})
+
+
+class ServerUnmasking(_SessionPhase):
+    """Phase 4: collect revealed shares, then remove the masks."""
+
+    phase = Phase.UNMASKING
+    expects = (UnmaskResponse,)
+
+    def __init__(self, data: UnmaskingData) -> None:
+        self.data = data
+        self._session = data.session
+
+    @property
+    def dropouts(self) -> dict[int, Dropout]:
+        return self.data.dropouts
+
+    @property
+    def participants(self) -> frozenset[int]:
+        return frozenset(self.data.signatures)
+
+    @property
+    def responded(self) -> frozenset[int]:
+        return frozenset(self.data.responses)
+
+    def message_for(self, client_id: int) -> UnmaskRequest:
+        """The survivor-set signatures of the client's neighbours (and its own) in U4."""
+        wanted = self._session.neighbours(client_id) | {client_id}
+        return UnmaskRequest(
+            session_id=self.session_id,
+            signatures=tuple(
+                SurvivorSignature(client, self.data.signatures[client])
+                for client in sorted(wanted & self.data.signatures.keys())
+            ),
+        )
+
+    def _forget(self, client_id: int) -> None:
+        self.data.responses.pop(client_id, None)
+
+    def _receive(self, message: ClientMessage) -> ReceiveOutcome:
+        assert isinstance(message, UnmaskResponse)
+        data = self.data
+        client = message.client_id
+        self._check_session(message.session_id)
+        self._sender(client)
+        if self._check_duplicate(data.responses.get(client), message, client):
+            return ReceiveOutcome.DUPLICATE
+        neighbours = self._session.neighbours(client) & data.u2
+        b_owners = [item.owner for item in message.self_mask_shares]
+        s_owners = [item.owner for item in message.key_shares]
+        if len(set(b_owners)) != len(b_owners) or len(set(s_owners)) != len(s_owners):
+            raise _invalid(f"client {client} revealed two shares of one secret")
+        if not set(b_owners) <= neighbours & data.u3:
+            raise _invalid(f"client {client} revealed b-shares of non-surviving clients")
+        if not set(s_owners) <= neighbours - data.u3:
+            raise _invalid(f"client {client} revealed key shares of surviving clients")
+        for item in (*message.self_mask_shares, *message.key_shares):
+            shamir.decode_share(item.share)
+        data.responses[client] = message
+        return ReceiveOutcome.ACCEPTED
+
+    def close(self) -> ServerStep:
+        data = self.data
+        session = self._session
+        self._record_silent(self.responded)
+        responders = frozenset(data.responses) - data.dropouts.keys()
+        if len(responders) < session.threshold:
+            return self._abort_with(AbortReason.TOO_FEW_CLIENTS, responders)
+        b_shares: dict[int, dict[int, int]] = {owner: {} for owner in data.u3}
+        s_shares: dict[int, dict[int, int]] = {owner: {} for owner in data.u2 - data.u3}
+        for responder in responders:
+            response = data.responses[responder]
+            for item in response.self_mask_shares:
+                b_shares[item.owner][responder] = shamir.decode_share(item.share)
+            for item in response.key_shares:
+                s_shares[item.owner][responder] = shamir.decode_share(item.share)
+        try:
+            add, subtract = self._unmasking_seeds(b_shares, s_shares)
+        except SecAggError as exc:
+            reason = {
+                ErrorCode.TOO_FEW_SHARES: AbortReason.TOO_FEW_SHARES,
+                ErrorCode.INCONSISTENT_SHARES: AbortReason.INCONSISTENT_SHARES,
+            }.get(exc.code)
+            if reason is None:
+                raise
+            return self._abort_with(reason, responders)
+        running_sum = data.running_sum
+        add_masks(running_sum, add=add, subtract=subtract)
+        result = AggregateResult(
+            session_id=self.session_id,
+            survivors=tuple(sorted(data.u3)),
+            ring_sum=running_sum,
+        )
+        return ServerStep(ServerCompleted(result, data.dropouts), {})
+
+    def _unmasking_seeds(
+        self, b_shares: dict[int, dict[int, int]], s_shares: dict[int, dict[int, int]]
+    ) -> tuple[list[bytes], list[bytes]]:
+        """PRG seeds to add and to subtract so that only the plain sum remains."""
+        data = self.data
+        session = self._session
+        threshold = session.threshold
+        add: list[bytes] = []
+        subtract: list[bytes] = []
+        for owner in sorted(data.u3):
+            secret = shamir.combine(b_shares[owner], threshold=threshold)
+            subtract.append(
+                self_mask_seed(session_id=self.session_id, client_id=owner, secret=secret)
+            )
+        for owner in sorted(data.u2 - data.u3):
+            partners = session.neighbours(owner) & data.u3
+            if not partners:
+                continue
+            scalar = shamir.combine(s_shares[owner], threshold=threshold)
+            masking_key = kdf.private_key_from_scalar(scalar)
+            if kdf.public_bytes(masking_key) != session.by_id[owner].masking_key:
+                raise SecAggError(
+                    ErrorCode.INCONSISTENT_SHARES,
+                    f"rebuilt masking key of client {owner} does not match its advert",
+                )
+            for partner in sorted(partners):
+                seed = kdf.derive_pair_key(
+                    masking_key,
+                    session.by_id[partner].masking_key,
+                    session_id=self.session_id,
+                    purpose=kdf.Purpose.PAIR_MASK,
+                    own_id=owner,
+                    peer_id=partner,
+                )
+                # The partner added +PRG towards larger ids and -PRG towards smaller ones.
+                (subtract if owner > partner else add).append(seed)
+        return add, subtract
+
+
+def restore_server(
+    data: AdvertiseKeysData
+    | ShareKeysData
+    | MaskedInputData
+    | ConsistencyCheckData
+    | UnmaskingData,
+) -> ServerPhase:
+    """Rebuild the phase that owns ``data`` (for example after a coordinator restart)."""
+    if isinstance(data, AdvertiseKeysData):
+        return ServerAdvertiseKeys(data)
+    if isinstance(data, ShareKeysData):
+        return ServerShareKeys(data)
+    if isinstance(data, MaskedInputData):
+        return ServerMaskedInput(data)
+    if isinstance(data, ConsistencyCheckData):
+        return ServerConsistencyCheck(data)
+    return ServerUnmasking(data)

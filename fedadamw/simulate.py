@@ -103,10 +103,12 @@ def simulate(
     config: SimulationConfig,
     *,
     on_round: Callable[[RoundRecord], None] | None = None,
+    on_state: Callable[[str, ServerState], None] | None = None,
 ) -> list[RoundRecord]:
     """Run every algorithm of ``config`` and return all their rounds' records, in order.
 
-    ``on_round`` sees each record as it is made (for progress). A run whose local training
+    ``on_round`` sees each record as it is made (for progress); ``on_state`` sees each
+    algorithm's server state after every round (for analysis). A run whose local training
     diverges ends there with a record marked ``diverged``; the other runs go on.
 
     Raises:
@@ -143,6 +145,7 @@ def simulate(
             initial=initial,
             data=data,
             cohorts=cohorts,
+            on_state=on_state,
         )
         for record in run:
             records.append(record)
@@ -172,6 +175,7 @@ def _run(
     initial: torch.Tensor,
     data: Sequence[ClientData],
     cohorts: Sequence[Sequence[int]],
+    on_state: Callable[[str, ServerState], None] | None,
 ) -> Iterable[RoundRecord]:
     layout = trainer.layout
     trainer.partition = (
@@ -243,6 +247,8 @@ def _run(
             lr=lr,
             server_lr=config.hyper.server_lr,
         )
+        if on_state is not None:
+            on_state(algorithm.name, state)
         yield record(r + 1, float(np.mean(losses)), time.perf_counter() - started, diverged=False)
 
 

@@ -8,6 +8,7 @@ sends to a client before the client sees it.
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Callable, Collection, Iterable
 
 import numpy as np
@@ -63,7 +64,7 @@ def make_config(
 
 def random_values(config: SessionConfig, client_id: int, seed: object) -> dict[str, np.ndarray]:
     """Inputs for every non-counter segment; deltas sometimes outside the clip range."""
-    rng = np.random.default_rng(abs(hash((str(seed), client_id))) % 2**32)
+    rng = np.random.default_rng([client_id, zlib.crc32(str(seed).encode())])
     values = {}
     for segment in config.params.layout.segments:
         if segment.is_clip_counter:
@@ -174,28 +175,20 @@ class Round:
     ) -> ServerState:
         """A whole round with dropouts at each point; stops early if the server aborts."""
         self.advertise(drop=before_keys)
-        for stage in (self._share, self._mask_and_close, self._sign, self._unmask):
-            if not isinstance(self.server, ServerPhase):
-                break
-            stage(after_keys, after_shares, after_input, during_unmask, chunk)
+        if isinstance(self.server, ServerPhase):
+            self.deliver(drop=after_keys)
+            self.close()
+        if isinstance(self.server, ServerPhase):
+            self.deliver()
+            self.mask(drop=after_shares, chunk=chunk)
+            self.close()
+        if isinstance(self.server, ServerPhase):
+            self.deliver(drop=after_input)
+            self.close()
+        if isinstance(self.server, ServerPhase):
+            self.deliver(drop=during_unmask)
+            self.close()
         return self.server
-
-    def _share(self, after_keys, after_shares, after_input, during_unmask, chunk):  # type: ignore[no-untyped-def]
-        self.deliver(drop=after_keys)
-        self.close()
-
-    def _mask_and_close(self, after_keys, after_shares, after_input, during_unmask, chunk):  # type: ignore[no-untyped-def]
-        self.deliver()
-        self.mask(drop=after_shares, chunk=chunk)
-        self.close()
-
-    def _sign(self, after_keys, after_shares, after_input, during_unmask, chunk):  # type: ignore[no-untyped-def]
-        self.deliver(drop=after_input)
-        self.close()
-
-    def _unmask(self, after_keys, after_shares, after_input, during_unmask, chunk):  # type: ignore[no-untyped-def]
-        self.deliver(drop=during_unmask)
-        self.close()
 
     def expected_ring_sum(self, survivors: Iterable[int]) -> np.ndarray:
         total = np.zeros(self.layout.length, dtype=self.layout.dtype)

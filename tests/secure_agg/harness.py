@@ -127,11 +127,21 @@ class Round:
         self.close()
 
     def deliver(
-        self, drop: Collection[int] = (), tamper: Tamper | None = None
+        self,
+        drop: Collection[int] = (),
+        tamper: Tamper | None = None,
+        shuffle: random.Random | None = None,
     ) -> dict[int, ClientStep]:
-        """Hand the outbox to its clients (skipping ``drop``), forward replies to the server."""
+        """Hand the outbox to its clients (skipping ``drop``), forward replies to the server.
+
+        ``shuffle`` randomizes the order in which clients are served (and so the order in
+        which their replies reach the server).
+        """
         steps = {}
-        for cid, message in sorted(self.outbox.items()):
+        items = sorted(self.outbox.items())
+        if shuffle is not None:
+            shuffle.shuffle(items)
+        for cid, message in items:
             if cid in drop:
                 continue
             if tamper is not None:
@@ -143,12 +153,23 @@ class Round:
                 self.send(step.message)
         return steps
 
-    def mask(self, drop: Collection[int] = (), chunk: int | None = None) -> None:
-        """Phase 2: every client waiting to mask (not in ``drop``) uploads its input."""
+    def mask(
+        self,
+        drop: Collection[int] = (),
+        chunk: int | None = None,
+        values_for: Callable[[int], dict[str, np.ndarray]] | None = None,
+    ) -> None:
+        """Phase 2: every client waiting to mask (not in ``drop``) uploads its input.
+
+        Inputs come from ``values_for(client_id)``, or :func:`random_values` by default.
+        """
         for cid, state in sorted(self.clients.items()):
             if cid in drop or not isinstance(state, ClientMaskedInput):
                 continue
-            values = random_values(self.config, cid, self.seed)
+            if values_for is not None:
+                values = values_for(cid)
+            else:
+                values = random_values(self.config, cid, self.seed)
             encoded = encode(self.layout, values, source=seeded_source(self.seed, "q", cid))
             self.values[cid] = values
             self.encoded[cid] = encoded

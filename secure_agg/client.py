@@ -12,17 +12,18 @@ Drive it with messages from the server::
 Every call returns a :class:`ClientStep`: the next state and the message to send (or
 ``None``). The states:
 
-=========================  ====================  =========================================
-state                      waits for             holds
-=========================  ====================  =========================================
-:class:`ClientAdvertiseKeys`  KeysBroadcast      both X25519 private keys
-:class:`ClientShareKeys`      SharesDelivery     pairwise share keys and mask seeds, self seed
-:class:`ClientMaskedInput`    ``mask(vector)``   mask seeds and self seed, received shares
-:class:`ClientConsistencyCheck`  ConsistencyRequest  received shares
-:class:`ClientUnmasking`      UnmaskRequest      received shares, the signed survivor set
-:class:`ClientCompleted`      (nothing)          no secrets
-:class:`ClientAborted`        (nothing)          no secrets, the :class:`AbortReason`
-=========================  ====================  =========================================
+* :class:`ClientAdvertiseKeys` waits for :class:`KeysBroadcast`; holds both X25519
+  private keys.
+* :class:`ClientShareKeys` waits for :class:`SharesDelivery`; holds the pairwise share
+  keys, the pairwise mask seeds and the self-mask seed.
+* :class:`ClientMaskedInput` waits for ``mask(vector)``; holds the mask seeds, the self-mask
+  seed and the shares its neighbours sent.
+* :class:`ClientConsistencyCheck` waits for :class:`ConsistencyRequest`; holds the received
+  shares.
+* :class:`ClientUnmasking` waits for :class:`UnmaskRequest`; holds the received shares and
+  the signed survivor set.
+* :class:`ClientCompleted` holds no secrets; a second unmask request aborts it.
+* :class:`ClientAborted` holds no secrets, only the :class:`AbortReason`.
 
 Each state keeps only what later phases need: the X25519 private keys die once the
 pairwise keys are derived (phase 0 -> 1), the share keys once shares are opened, the mask

@@ -5,17 +5,16 @@ back. Client ids are positive integers below ``2**63`` that the coordinator assi
 round (they double as Shamir x-coordinates). Keys, signatures and ciphertexts are raw
 ``bytes``; masked vectors are 1-D ``uint32``/``uint64`` numpy arrays.
 
-==========================  =====================  ===================================
-phase                       client -> server       server -> client (opens next phase)
-==========================  =====================  ===================================
-0 AdvertiseKeys             :class:`AdvertiseKeys`  :class:`KeysBroadcast`
-1 ShareKeys                 :class:`ShareKeys`      :class:`SharesDelivery`
-2 MaskedInput               :class:`MaskedInput`,   :class:`ConsistencyRequest`
-                            :class:`MaskedInputChunk`
-3 ConsistencyCheck          :class:`ConsistencySignature`  :class:`UnmaskRequest`
-4 Unmasking                 :class:`UnmaskResponse` (the server finishes)
-any                         :class:`ClientAbort`    :class:`RoundAborted`
-==========================  =====================  ===================================
+* phase 0, AdvertiseKeys: :class:`AdvertiseKeys` in, :class:`KeysBroadcast` out;
+* phase 1, ShareKeys: :class:`ShareKeys` in, :class:`SharesDelivery` out;
+* phase 2, MaskedInput: :class:`MaskedInput` or :class:`MaskedInputChunk` in,
+  :class:`ConsistencyRequest` out;
+* phase 3, ConsistencyCheck: :class:`ConsistencySignature` in, :class:`UnmaskRequest` out;
+* phase 4, Unmasking: :class:`UnmaskResponse` in; the server then finishes;
+* any phase: :class:`ClientAbort` in, :class:`RoundAborted` out.
+
+("In" is client to server, "out" server to client; each "out" message opens the next
+phase.)
 
 The array-carrying messages compare by identity (``eq=False``): compare their arrays with
 ``numpy.array_equal``. A message does not own its array; receivers copy what they keep.

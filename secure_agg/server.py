@@ -5,17 +5,16 @@ messages in any order with :meth:`ServerPhase.receive`, and ends each phase with
 :meth:`ServerPhase.close` (at the deadline, or once :attr:`ServerPhase.pending` is empty),
 which returns a :class:`ServerStep`: the next state and one message per client to send.
 
-=============================  =====================================  =====================
-state                          receives                               alive set
-=============================  =====================================  =====================
-:class:`ServerAdvertiseKeys`   :class:`AdvertiseKeys`                 the cohort
-:class:`ServerShareKeys`       :class:`ShareKeys`                     U1 (advertised)
-:class:`ServerMaskedInput`     :class:`MaskedInput`, chunks           U2 (shared keys)
-:class:`ServerConsistencyCheck`  :class:`ConsistencySignature`        U3 (masked input in)
-:class:`ServerUnmasking`       :class:`UnmaskResponse`                U4 (signed U3)
-:class:`ServerCompleted`       nothing                                the result
-:class:`ServerAborted`         nothing                                the reason
-=============================  =====================================  =====================
+* :class:`ServerAdvertiseKeys` receives :class:`AdvertiseKeys` from the cohort.
+* :class:`ServerShareKeys` receives :class:`ShareKeys` from U1 (clients that advertised).
+* :class:`ServerMaskedInput` receives :class:`MaskedInput` or :class:`MaskedInputChunk`
+  from U2 (clients that shared keys).
+* :class:`ServerConsistencyCheck` receives :class:`ConsistencySignature` from U3 (clients
+  whose masked input is summed).
+* :class:`ServerUnmasking` receives :class:`UnmaskResponse` from U4 (clients that signed
+  U3); closing it removes the masks.
+* :class:`ServerCompleted` holds the :class:`AggregateResult`; :class:`ServerAborted` the
+  :class:`AbortReason`. Neither accepts messages.
 
 Every phase also takes :class:`ClientAbort` (the client leaves; recorded with its reason)
 and :meth:`ServerPhase.abort` ends the round on the coordinator's word.
@@ -323,7 +322,7 @@ class ServerPhase(ServerState):
         return ReceiveOutcome.ACCEPTED
 
     def _sender(self, client_id: int) -> None:
-        """Check that ``client_id`` may send in this phase."""
+        """Check that ``client_id`` is an alive participant of this phase."""
         if client_id not in self.participants:
             raise _invalid(f"client {client_id} is not a participant of {self.phase.name}")
         if client_id in self.dropouts:
@@ -407,14 +406,6 @@ class ServerAdvertiseKeys(ServerPhase):
     def responded(self) -> frozenset[int]:
         return frozenset(self.data.adverts)
 
-    def _client_abort(self, message: ClientAbort) -> ReceiveOutcome:
-        if self.data.cohort is None and message.client_id not in self.data.adverts:
-            # Without a cohort, a client that never advertised is simply not counted.
-            if message.round_id != self.round_id:
-                raise SecAggError(ErrorCode.WRONG_SESSION, "abort notice for another round")
-            return ReceiveOutcome.DUPLICATE
-        return super()._client_abort(message)
-
     def _forget(self, client_id: int) -> None:
         self.data.adverts.pop(client_id, None)
 
@@ -497,6 +488,7 @@ class ServerShareKeys(_SessionPhase):
 
     def message_for(self, client_id: int) -> KeysBroadcast:
         """The broadcast that opened this phase (the same for every client)."""
+        self._sender(client_id)
         return KeysBroadcast(round_id=self.round_id, keys=self._session.keys)
 
     def _forget(self, client_id: int) -> None:
@@ -564,6 +556,7 @@ class ServerMaskedInput(_SessionPhase):
 
     def message_for(self, client_id: int) -> SharesDelivery:
         """The shares the client's neighbours in U2 sent it, and its dead neighbours."""
+        self._sender(client_id)
         if self._inbox is None:
             inbox: dict[int, list[EncryptedShare]] = {client: [] for client in self.data.u2}
             for sender in sorted(self.data.u2):
@@ -665,6 +658,7 @@ class ServerConsistencyCheck(_SessionPhase):
 
     def message_for(self, client_id: int) -> ConsistencyRequest:
         """The survivor set U3 and the dropped set U2 - U3 (the same for every client)."""
+        self._sender(client_id)
         return ConsistencyRequest(
             session_id=self.session_id,
             alive=tuple(sorted(self.data.u3)),
@@ -729,6 +723,7 @@ class ServerUnmasking(_SessionPhase):
 
     def message_for(self, client_id: int) -> UnmaskRequest:
         """The survivor-set signatures of the client's neighbours (and its own) in U4."""
+        self._sender(client_id)
         wanted = self._session.neighbours(client_id) | {client_id}
         return UnmaskRequest(
             session_id=self.session_id,

@@ -121,7 +121,7 @@ def _run_scenario(scenario: dict[str, Any]) -> None:
 
 
 _SETTINGS = settings(
-    max_examples=10,
+    max_examples=15,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

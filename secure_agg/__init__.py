@@ -73,11 +73,6 @@ from secure_agg.quantize import (
 from secure_agg.randomness import RandomSource
 from secure_agg.reasons import AbortReason, DropReason, Phase, ReceiveOutcome
 from secure_agg.server import (
-    AdvertiseKeysData,
-    AggregateResult,
-    ConsistencyCheckData,
-    Dropout,
-    MaskedInputData,
     ServerAborted,
     ServerAdvertiseKeys,
     ServerCompleted,
@@ -88,10 +83,17 @@ from secure_agg.server import (
     ServerState,
     ServerStep,
     ServerUnmasking,
-    ShareKeysData,
-    UnmaskingData,
     restore_server,
     start_server,
+)
+from secure_agg.server_state import (
+    AdvertiseKeysData,
+    AggregateResult,
+    ConsistencyCheckData,
+    Dropout,
+    MaskedInputData,
+    ShareKeysData,
+    UnmaskingData,
 )
 from secure_agg.session import Session, compute_session_id
 

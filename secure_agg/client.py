@@ -55,7 +55,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from secure_agg import aead, kdf, shamir, signing
+from secure_agg import kdf, shamir, signing
 from secure_agg.errors import ErrorCode, SecAggError
 from secure_agg.messages import (
     AdvertiseKeys,
@@ -79,6 +79,7 @@ from secure_agg.prg import add_masks
 from secure_agg.randomness import RandomSource, random_below, system_random
 from secure_agg.reasons import AbortReason, Phase
 from secure_agg.session import Session, self_mask_seed
+from secure_agg.share_box import OpenedShare, is_reflection, open_share, seal_share
 
 __all__ = [
     "ClientAborted",
@@ -92,9 +93,6 @@ __all__ = [
     "ClientUnmasking",
     "start_client",
 ]
-
-_ID_BYTES = 8
-_PLAINTEXT_BYTES = 2 * _ID_BYTES + 2 * shamir.SHARE_BYTES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,14 +111,6 @@ class _Identity:
     client_id: int
     identity_key: Ed25519PrivateKey
     source: RandomSource
-
-
-@dataclasses.dataclass(frozen=True)
-class _Received:
-    """Shares a neighbour sent us: of its self-mask secret b and of its s_sk."""
-
-    self_mask_share: int
-    key_share: int
 
 
 class _AbortError(Exception):
@@ -286,34 +276,22 @@ class ClientAdvertiseKeys(ClientState):
             xs=recipients,
             source=identity.source,
         )
-        sealed = []
-        for recipient, b_share, s_share in zip(
-            recipients, self_mask_shares, key_shares, strict=True
-        ):
-            plaintext = (
-                identity.client_id.to_bytes(_ID_BYTES, "big")
-                + recipient.to_bytes(_ID_BYTES, "big")
-                + shamir.encode_share(b_share)
-                + shamir.encode_share(s_share)
-            )
-            ciphertext = aead.seal(
+        sealed = tuple(
+            seal_share(
                 share_keys[recipient],
-                plaintext,
-                associated_data=aead.share_associated_data(
-                    session.session_id, sender=identity.client_id, recipient=recipient
-                ),
+                session_id=session.session_id,
+                sender=identity.client_id,
+                recipient=recipient,
+                self_mask_share=b_share,
+                key_share=s_share,
                 source=identity.source,
             )
-            sealed.append(
-                EncryptedShare(
-                    session_id=session.session_id,
-                    sender=identity.client_id,
-                    recipient=recipient,
-                    ciphertext=ciphertext,
-                )
+            for recipient, b_share, s_share in zip(
+                recipients, self_mask_shares, key_shares, strict=True
             )
+        )
         outgoing = ShareKeys(
-            session_id=session.session_id, client_id=identity.client_id, shares=tuple(sealed)
+            session_id=session.session_id, client_id=identity.client_id, shares=sealed
         )
         seed = self_mask_seed(
             session_id=session.session_id, client_id=identity.client_id, secret=secret
@@ -381,7 +359,7 @@ class ClientShareKeys(ClientState):
         own_id = self._identity.client_id
         if message.session_id != session.session_id:
             raise _AbortError(AbortReason.SESSION_MISMATCH)
-        received: dict[int, _Received] = {}
+        received: dict[int, OpenedShare] = {}
         for share in message.shares:
             sender, value = self._open(share)
             if sender in received:
@@ -403,7 +381,7 @@ class ClientShareKeys(ClientState):
         )
         return ClientStep(state, None)
 
-    def _open(self, share: EncryptedShare) -> tuple[int, _Received]:
+    def _open(self, share: EncryptedShare) -> tuple[int, OpenedShare]:
         session = self._session
         own_id = self._identity.client_id
         if share.session_id != session.session_id:
@@ -416,33 +394,15 @@ class ClientShareKeys(ClientState):
         key = self._share_keys.get(share.sender)
         if key is None:
             raise _AbortError(AbortReason.UNEXPECTED_SHARE)
-        associated = aead.share_associated_data(
-            session.session_id, sender=share.sender, recipient=own_id
-        )
         try:
-            plaintext = aead.open_sealed(key, share.ciphertext, associated_data=associated)
+            opened = open_share(key, share, session_id=session.session_id)
         except SecAggError as exc:
-            reflected = aead.share_associated_data(
-                session.session_id, sender=own_id, recipient=share.sender
-            )
-            try:
-                aead.open_sealed(key, share.ciphertext, associated_data=reflected)
-            except SecAggError:
-                raise _AbortError(AbortReason.AEAD_FAILURE) from exc
-            raise _AbortError(AbortReason.REFLECTED_SHARE) from exc
-        if len(plaintext) != _PLAINTEXT_BYTES:
-            raise _AbortError(AbortReason.MALFORMED_SHARE)
-        inner_sender = int.from_bytes(plaintext[:_ID_BYTES], "big")
-        inner_recipient = int.from_bytes(plaintext[_ID_BYTES : 2 * _ID_BYTES], "big")
-        if (inner_sender, inner_recipient) != (share.sender, own_id):
-            raise _AbortError(AbortReason.MALFORMED_SHARE)
-        body = plaintext[2 * _ID_BYTES :]
-        try:
-            b_share = shamir.decode_share(body[: shamir.SHARE_BYTES])
-            s_share = shamir.decode_share(body[shamir.SHARE_BYTES :])
-        except SecAggError as exc:
-            raise _AbortError(AbortReason.MALFORMED_SHARE) from exc
-        return share.sender, _Received(b_share, s_share)
+            if exc.code is ErrorCode.INVALID_MESSAGE:
+                raise _AbortError(AbortReason.MALFORMED_SHARE) from exc
+            if is_reflection(key, share, session_id=session.session_id):
+                raise _AbortError(AbortReason.REFLECTED_SHARE) from exc
+            raise _AbortError(AbortReason.AEAD_FAILURE) from exc
+        return share.sender, opened
 
 
 class ClientMaskedInput(ClientState):
@@ -456,7 +416,7 @@ class ClientMaskedInput(ClientState):
         session: Session,
         self_seed: bytes,
         mask_seeds: dict[int, bytes],
-        received: dict[int, _Received],
+        received: dict[int, OpenedShare],
         known_dead: frozenset[int],
     ) -> None:
         super().__init__(identity)
@@ -509,7 +469,7 @@ class ClientConsistencyCheck(ClientState):
         self,
         identity: _Identity,
         session: Session,
-        received: dict[int, _Received],
+        received: dict[int, OpenedShare],
         known_dead: frozenset[int],
     ) -> None:
         super().__init__(identity)
@@ -557,7 +517,7 @@ class ClientUnmasking(ClientState):
         self,
         identity: _Identity,
         session: Session,
-        received: dict[int, _Received],
+        received: dict[int, OpenedShare],
         alive: frozenset[int],
         dead: frozenset[int],
     ) -> None:

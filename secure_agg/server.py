@@ -48,10 +48,7 @@ Contracts the coordinator relies on:
 
 from __future__ import annotations
 
-import abc
-import dataclasses
 from collections.abc import Mapping
-from typing import ClassVar
 
 import numpy as np
 
@@ -59,7 +56,6 @@ from secure_agg import kdf, shamir, signing
 from secure_agg.errors import ErrorCode, SecAggError
 from secure_agg.messages import (
     AdvertiseKeys,
-    ClientAbort,
     ClientMessage,
     ConsistencyRequest,
     ConsistencySignature,
@@ -67,8 +63,6 @@ from secure_agg.messages import (
     KeysBroadcast,
     MaskedInput,
     MaskedInputChunk,
-    RoundAborted,
-    ServerMessage,
     ShareKeys,
     SharesDelivery,
     SurvivorSignature,
@@ -77,16 +71,30 @@ from secure_agg.messages import (
 )
 from secure_agg.params import SessionConfig
 from secure_agg.prg import add_masks
-from secure_agg.quantize import SegmentLayout, decode_sum
-from secure_agg.reasons import AbortReason, DropReason, Phase, ReceiveOutcome
-from secure_agg.session import Session, self_mask_seed
+from secure_agg.reasons import AbortReason, Phase, ReceiveOutcome
+from secure_agg.server_base import (
+    ServerAborted,
+    ServerCompleted,
+    ServerPhase,
+    ServerState,
+    ServerStep,
+    SessionPhase,
+    invalid_message,
+)
+from secure_agg.server_state import (
+    AdvertiseKeysData,
+    AggregateResult,
+    ConsistencyCheckData,
+    Dropout,
+    MaskedInputData,
+    ShareKeysData,
+    UnmaskingData,
+)
+from secure_agg.session import Session
+from secure_agg.share_box import SEALED_SHARE_BYTES
+from secure_agg.unmasking import removal_seeds
 
 __all__ = [
-    "AdvertiseKeysData",
-    "AggregateResult",
-    "ConsistencyCheckData",
-    "Dropout",
-    "MaskedInputData",
     "ServerAborted",
     "ServerAdvertiseKeys",
     "ServerCompleted",
@@ -97,245 +105,9 @@ __all__ = [
     "ServerState",
     "ServerStep",
     "ServerUnmasking",
-    "ShareKeysData",
-    "UnmaskingData",
     "restore_server",
     "start_server",
 ]
-
-_SEALED_SHARE_BYTES = 12 + 16 + 16 + 2 * shamir.SHARE_BYTES
-
-
-def _invalid(message: str) -> SecAggError:
-    return SecAggError(ErrorCode.INVALID_MESSAGE, message)
-
-
-@dataclasses.dataclass(frozen=True)
-class Dropout:
-    """Why and when a client stopped counting as alive (metric labels)."""
-
-    phase: Phase
-    reason: DropReason
-    client_reason: AbortReason | None = None
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class AggregateResult:
-    """The unmasked sum of the survivors' (U3) quantized vectors, in the ring."""
-
-    session_id: bytes
-    survivors: tuple[int, ...]
-    ring_sum: np.ndarray
-
-    @property
-    def num_clients(self) -> int:
-        return len(self.survivors)
-
-    def decode(self, layout: SegmentLayout) -> dict[str, np.ndarray]:
-        """Float64 sums per segment (:func:`~secure_agg.quantize.decode_sum`)."""
-        return decode_sum(layout, self.ring_sum, num_clients=self.num_clients)
-
-
-# Plain, persistable data of each phase -------------------------------------------------
-
-
-@dataclasses.dataclass
-class AdvertiseKeysData:
-    """Phase 0. ``cohort`` maps selected client ids to their enrolled identity keys."""
-
-    config: SessionConfig
-    cohort: dict[int, bytes] | None
-    adverts: dict[int, AdvertiseKeys] = dataclasses.field(default_factory=dict)
-    dropouts: dict[int, Dropout] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
-class ShareKeysData:
-    """Phase 1: the session (U1) and the shares received so far."""
-
-    session: Session
-    shares: dict[int, ShareKeys] = dataclasses.field(default_factory=dict)
-    dropouts: dict[int, Dropout] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
-class MaskedInputData:
-    """Phase 2: U2, the shares to route, the running sum and each client's chunks.
-
-    ``chunks[client]`` maps offsets to lengths of the summed chunks; ``complete`` is U3 so
-    far.
-    """
-
-    session: Session
-    u2: frozenset[int]
-    shares: dict[int, ShareKeys]
-    running_sum: np.ndarray
-    chunks: dict[int, dict[int, int]] = dataclasses.field(default_factory=dict)
-    complete: set[int] = dataclasses.field(default_factory=set)
-    dropouts: dict[int, Dropout] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
-class ConsistencyCheckData:
-    """Phase 3: U2, U3, the masked sum and the survivor-set signatures so far."""
-
-    session: Session
-    u2: frozenset[int]
-    u3: frozenset[int]
-    running_sum: np.ndarray
-    signatures: dict[int, bytes] = dataclasses.field(default_factory=dict)
-    dropouts: dict[int, Dropout] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
-class UnmaskingData:
-    """Phase 4: U2, U3, U4 with their signatures, the masked sum and the responses so far."""
-
-    session: Session
-    u2: frozenset[int]
-    u3: frozenset[int]
-    signatures: dict[int, bytes]
-    running_sum: np.ndarray
-    responses: dict[int, UnmaskResponse] = dataclasses.field(default_factory=dict)
-    dropouts: dict[int, Dropout] = dataclasses.field(default_factory=dict)
-
-
-# States ---------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerStep:
-    """The state after closing a phase, and the message for each client."""
-
-    state: ServerState
-    messages: dict[int, ServerMessage]
-
-
-class ServerState(abc.ABC):
-    """Base of all server states."""
-
-    phase: ClassVar[Phase]
-
-    def receive(self, message: ClientMessage) -> ReceiveOutcome:
-        """Record one client message (see the module docstring)."""
-        raise SecAggError(
-            ErrorCode.UNEXPECTED_MESSAGE,
-            f"server state {type(self).__name__} does not expect {type(message).__name__}",
-        )
-
-
-class ServerCompleted(ServerState):
-    """The round produced a sum; ``dropouts`` says who left and why."""
-
-    phase = Phase.COMPLETED
-
-    def __init__(self, result: AggregateResult, dropouts: dict[int, Dropout]) -> None:
-        self.result = result
-        self.dropouts = dropouts
-
-
-class ServerAborted(ServerState):
-    """The round ended without a sum in ``during``, because of ``reason``."""
-
-    phase = Phase.ABORTED
-
-    def __init__(self, reason: AbortReason, during: Phase, dropouts: dict[int, Dropout]) -> None:
-        self.reason = reason
-        self.during = during
-        self.dropouts = dropouts
-
-
-class ServerPhase(ServerState):
-    """A phase that collects messages until :meth:`close`."""
-
-    expects: ClassVar[tuple[type, ...]]
-
-    @property
-    @abc.abstractmethod
-    def round_id(self) -> str: ...
-
-    @property
-    @abc.abstractmethod
-    def dropouts(self) -> dict[int, Dropout]: ...
-
-    @property
-    @abc.abstractmethod
-    def participants(self) -> frozenset[int]:
-        """Clients this phase expects to hear from, dropped ones included."""
-
-    @property
-    @abc.abstractmethod
-    def responded(self) -> frozenset[int]:
-        """Clients whose message for this phase is recorded (complete, for inputs)."""
-
-    @abc.abstractmethod
-    def close(self) -> ServerStep:
-        """End the phase: record non-responders, check the threshold, move on."""
-
-    @abc.abstractmethod
-    def _receive(self, message: ClientMessage) -> ReceiveOutcome: ...
-
-    @abc.abstractmethod
-    def _forget(self, client_id: int) -> None:
-        """Drop what this phase recorded from a client that aborted, where possible."""
-
-    @property
-    def alive(self) -> frozenset[int]:
-        """Participants that have not dropped out."""
-        return self.participants - self.dropouts.keys()
-
-    @property
-    def pending(self) -> frozenset[int]:
-        """Alive participants not heard from yet; close early once it is empty."""
-        return self.alive - self.responded
-
-    def receive(self, message: ClientMessage) -> ReceiveOutcome:
-        if isinstance(message, ClientAbort):
-            return self._client_abort(message)
-        if not isinstance(message, self.expects):
-            raise SecAggError(
-                ErrorCode.UNEXPECTED_MESSAGE,
-                f"server state {type(self).__name__} does not expect {type(message).__name__}",
-            )
-        return self._receive(message)
-
-    def abort(self, reason: AbortReason = AbortReason.CANCELLED) -> ServerStep:
-        """End the round without a sum; tell every alive participant."""
-        return self._abort_with(reason, self.alive)
-
-    def _client_abort(self, message: ClientAbort) -> ReceiveOutcome:
-        if message.round_id != self.round_id:
-            raise SecAggError(ErrorCode.WRONG_SESSION, "abort notice for another round")
-        if message.client_id not in self.participants:
-            raise _invalid(f"client {message.client_id} is not in phase {self.phase.name}")
-        previous = self.dropouts.get(message.client_id)
-        if previous is not None:
-            if previous.client_reason is message.reason:
-                return ReceiveOutcome.DUPLICATE
-            raise SecAggError(
-                ErrorCode.CONFLICTING_MESSAGE, f"client {message.client_id} already dropped"
-            )
-        self.dropouts[message.client_id] = Dropout(
-            self.phase, DropReason.CLIENT_ABORTED, message.reason
-        )
-        self._forget(message.client_id)
-        return ReceiveOutcome.ACCEPTED
-
-    def _sender(self, client_id: int) -> None:
-        """Check that ``client_id`` is an alive participant of this phase."""
-        if client_id not in self.participants:
-            raise _invalid(f"client {client_id} is not a participant of {self.phase.name}")
-        if client_id in self.dropouts:
-            raise _invalid(f"client {client_id} has dropped out of the round")
-
-    def _record_silent(self, responders: frozenset[int]) -> None:
-        for client in self.alive - responders:
-            self.dropouts[client] = Dropout(self.phase, DropReason.NO_RESPONSE)
-
-    def _abort_with(self, reason: AbortReason, recipients: frozenset[int]) -> ServerStep:
-        notice = RoundAborted(round_id=self.round_id, reason=reason)
-        messages: dict[int, ServerMessage] = dict.fromkeys(recipients, notice)
-        return ServerStep(ServerAborted(reason, self.phase, self.dropouts), messages)
 
 
 def start_server(
@@ -349,34 +121,6 @@ def start_server(
     return ServerAdvertiseKeys(
         AdvertiseKeysData(config=config, cohort=None if cohort is None else dict(cohort))
     )
-
-
-class _SessionPhase(ServerPhase):
-    """A phase after phase 0: it has a session and a session id to check."""
-
-    _session: Session
-
-    @property
-    def round_id(self) -> str:
-        return self._session.config.round_id
-
-    @property
-    def session_id(self) -> bytes:
-        return self._session.session_id
-
-    def _check_session(self, session_id: bytes) -> None:
-        if session_id != self._session.session_id:
-            raise SecAggError(ErrorCode.WRONG_SESSION, "message for another session")
-
-    def _check_duplicate(self, recorded: object, message: object, client_id: int) -> bool:
-        if recorded is None:
-            return False
-        if recorded == message:
-            return True
-        raise SecAggError(
-            ErrorCode.CONFLICTING_MESSAGE,
-            f"client {client_id} already sent a different {type(message).__name__}",
-        )
 
 
 class ServerAdvertiseKeys(ServerPhase):
@@ -416,15 +160,17 @@ class ServerAdvertiseKeys(ServerPhase):
         if message.round_id != data.config.round_id:
             raise SecAggError(ErrorCode.WRONG_SESSION, "advert for another round")
         if not 0 < client < 2**63:
-            raise _invalid(f"client id {client} not in [1, 2**63)")
+            raise invalid_message(f"client id {client} not in [1, 2**63)")
         if data.cohort is not None:
             enrolled = data.cohort.get(client)
             if enrolled is None:
-                raise _invalid(f"client {client} is not in the cohort")
+                raise invalid_message(f"client {client} is not in the cohort")
             if enrolled != message.identity_key:
-                raise _invalid(f"client {client} advertised a key that is not its enrolled one")
+                raise invalid_message(
+                    f"client {client} advertised a key that is not its enrolled one"
+                )
         if client in data.dropouts:
-            raise _invalid(f"client {client} has dropped out of the round")
+            raise invalid_message(f"client {client} has dropped out of the round")
         recorded = data.adverts.get(client)
         if recorded is not None:
             if recorded == message:
@@ -432,7 +178,7 @@ class ServerAdvertiseKeys(ServerPhase):
             raise SecAggError(ErrorCode.CONFLICTING_MESSAGE, f"client {client} advertised twice")
         for key in (message.encryption_key, message.masking_key):
             if len(key) != kdf.KEY_BYTES:
-                raise _invalid("X25519 public keys are 32 bytes")
+                raise invalid_message("X25519 public keys are 32 bytes")
         payload = signing.advertise_payload(
             round_id=message.round_id,
             client_id=client,
@@ -448,7 +194,9 @@ class ServerAdvertiseKeys(ServerPhase):
         keys = {message.encryption_key, message.masking_key, message.identity_key}
         for other in data.adverts.values():
             if keys & {other.encryption_key, other.masking_key, other.identity_key}:
-                raise _invalid(f"client {client} reuses a public key of client {other.client_id}")
+                raise invalid_message(
+                    f"client {client} reuses a public key of client {other.client_id}"
+                )
         data.adverts[client] = message
         return ReceiveOutcome.ACCEPTED
 
@@ -464,7 +212,7 @@ class ServerAdvertiseKeys(ServerPhase):
         return ServerStep(state, {client: state.message_for(client) for client in state.alive})
 
 
-class ServerShareKeys(_SessionPhase):
+class ServerShareKeys(SessionPhase):
     """Phase 1: collect each client's encrypted shares for its neighbours."""
 
     phase = Phase.SHARE_KEYS
@@ -503,12 +251,12 @@ class ServerShareKeys(_SessionPhase):
             return ReceiveOutcome.DUPLICATE
         recipients = [share.recipient for share in message.shares]
         if sorted(recipients) != sorted(self._session.neighbours(client)):
-            raise _invalid(f"client {client} must send exactly one share to each neighbour")
+            raise invalid_message(f"client {client} must send exactly one share to each neighbour")
         for share in message.shares:
             if share.sender != client or share.session_id != self.session_id:
-                raise _invalid(f"client {client} sent a share with a wrong envelope")
-            if len(share.ciphertext) != _SEALED_SHARE_BYTES:
-                raise _invalid(f"client {client} sent a share of the wrong size")
+                raise invalid_message(f"client {client} sent a share with a wrong envelope")
+            if len(share.ciphertext) != SEALED_SHARE_BYTES:
+                raise invalid_message(f"client {client} sent a share of the wrong size")
         self.data.shares[client] = message
         return ReceiveOutcome.ACCEPTED
 
@@ -531,7 +279,7 @@ class ServerShareKeys(_SessionPhase):
         return ServerStep(state, {client: state.message_for(client) for client in state.alive})
 
 
-class ServerMaskedInput(_SessionPhase):
+class ServerMaskedInput(SessionPhase):
     """Phase 2: add masked inputs (whole or in chunks) into the running sum."""
 
     phase = Phase.MASKED_INPUT
@@ -586,15 +334,15 @@ class ServerMaskedInput(_SessionPhase):
         values = message.values
         total = data.running_sum.shape[0]
         if isinstance(message, MaskedInput) and values.shape != (total,):
-            raise _invalid(f"a masked input has {total} elements, got shape {values.shape}")
+            raise invalid_message(f"a masked input has {total} elements, got shape {values.shape}")
         if values.dtype != data.running_sum.dtype or values.ndim != 1 or values.shape[0] < 1:
-            raise _invalid(
+            raise invalid_message(
                 f"masked values must be non-empty 1-D {data.running_sum.dtype}, "
                 f"got {values.dtype} {values.shape}"
             )
         length = values.shape[0]
         if offset < 0 or offset + length > total:
-            raise _invalid(f"chunk [{offset}, {offset + length}) outside [0, {total})")
+            raise invalid_message(f"chunk [{offset}, {offset + length}) outside [0, {total})")
         received = data.chunks.setdefault(client, {})
         if received.get(offset) == length:
             return ReceiveOutcome.DUPLICATE
@@ -634,7 +382,7 @@ class ServerMaskedInput(_SessionPhase):
         return ServerStep(state, {client: state.message_for(client) for client in state.alive})
 
 
-class ServerConsistencyCheck(_SessionPhase):
+class ServerConsistencyCheck(SessionPhase):
     """Phase 3: collect signatures over the survivor set U3."""
 
     phase = Phase.CONSISTENCY_CHECK
@@ -699,7 +447,7 @@ class ServerConsistencyCheck(_SessionPhase):
         return ServerStep(state, {client: state.message_for(client) for client in state.alive})
 
 
-class ServerUnmasking(_SessionPhase):
+class ServerUnmasking(SessionPhase):
     """Phase 4: collect revealed shares, then remove the masks."""
 
     phase = Phase.UNMASKING
@@ -748,11 +496,11 @@ class ServerUnmasking(_SessionPhase):
         b_owners = [item.owner for item in message.self_mask_shares]
         s_owners = [item.owner for item in message.key_shares]
         if len(set(b_owners)) != len(b_owners) or len(set(s_owners)) != len(s_owners):
-            raise _invalid(f"client {client} revealed two shares of one secret")
+            raise invalid_message(f"client {client} revealed two shares of one secret")
         if not set(b_owners) <= neighbours & data.u3:
-            raise _invalid(f"client {client} revealed b-shares of non-surviving clients")
+            raise invalid_message(f"client {client} revealed b-shares of non-surviving clients")
         if not set(s_owners) <= neighbours - data.u3:
-            raise _invalid(f"client {client} revealed key shares of surviving clients")
+            raise invalid_message(f"client {client} revealed key shares of surviving clients")
         for item in (*message.self_mask_shares, *message.key_shares):
             shamir.decode_share(item.share)
         data.responses[client] = message
@@ -774,7 +522,9 @@ class ServerUnmasking(_SessionPhase):
             for item in response.key_shares:
                 s_shares[item.owner][responder] = shamir.decode_share(item.share)
         try:
-            add, subtract = self._unmasking_seeds(b_shares, s_shares)
+            add, subtract = removal_seeds(
+                session, u2=data.u2, u3=data.u3, b_shares=b_shares, s_shares=s_shares
+            )
         except SecAggError as exc:
             reason = {
                 ErrorCode.TOO_FEW_SHARES: AbortReason.TOO_FEW_SHARES,
@@ -791,44 +541,6 @@ class ServerUnmasking(_SessionPhase):
             ring_sum=running_sum,
         )
         return ServerStep(ServerCompleted(result, data.dropouts), {})
-
-    def _unmasking_seeds(
-        self, b_shares: dict[int, dict[int, int]], s_shares: dict[int, dict[int, int]]
-    ) -> tuple[list[bytes], list[bytes]]:
-        """PRG seeds to add and to subtract so that only the plain sum remains."""
-        data = self.data
-        session = self._session
-        threshold = session.threshold
-        add: list[bytes] = []
-        subtract: list[bytes] = []
-        for owner in sorted(data.u3):
-            secret = shamir.combine(b_shares[owner], threshold=threshold)
-            subtract.append(
-                self_mask_seed(session_id=self.session_id, client_id=owner, secret=secret)
-            )
-        for owner in sorted(data.u2 - data.u3):
-            partners = session.neighbours(owner) & data.u3
-            if not partners:
-                continue
-            scalar = shamir.combine(s_shares[owner], threshold=threshold)
-            masking_key = kdf.private_key_from_scalar(scalar)
-            if kdf.public_bytes(masking_key) != session.by_id[owner].masking_key:
-                raise SecAggError(
-                    ErrorCode.INCONSISTENT_SHARES,
-                    f"rebuilt masking key of client {owner} does not match its advert",
-                )
-            for partner in sorted(partners):
-                seed = kdf.derive_pair_key(
-                    masking_key,
-                    session.by_id[partner].masking_key,
-                    session_id=self.session_id,
-                    purpose=kdf.Purpose.PAIR_MASK,
-                    own_id=owner,
-                    peer_id=partner,
-                )
-                # The partner added +PRG towards larger ids and -PRG towards smaller ones.
-                (subtract if owner > partner else add).append(seed)
-        return add, subtract
 
 
 def restore_server(

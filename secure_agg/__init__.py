@@ -26,6 +26,7 @@ nor against clients that submit poisoned updates.
 
 from __future__ import annotations
 
+from secure_agg import aead, kdf, prg, shamir, signing
 from secure_agg.client import (
     ClientAborted,
     ClientAdvertiseKeys,
@@ -155,13 +156,18 @@ __all__ = [
     "UnmaskRequest",
     "UnmaskResponse",
     "UnmaskingData",
+    "aead",
     "build_graph",
     "choose_parameters",
     "compute_session_id",
     "decode_sum",
     "encode",
+    "kdf",
     "max_bits",
+    "prg",
     "restore_server",
+    "shamir",
+    "signing",
     "start_client",
     "start_server",
     "sum_error_bound",

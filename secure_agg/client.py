@@ -262,9 +262,8 @@ class ClientAdvertiseKeys(ClientState):
                     peer_id=peer,
                 )
         except SecAggError as exc:
-            if exc.code is ErrorCode.KEY_AGREEMENT_FAILED:
-                raise _AbortError(AbortReason.KEY_AGREEMENT_FAILED) from exc
-            raise
+            # A small-order point, or a key of the wrong length a lying server passed on.
+            raise _AbortError(AbortReason.KEY_AGREEMENT_FAILED) from exc
         secret = random_below(identity.source, shamir.PRIME)
         recipients = sorted(neighbours)
         self_mask_shares = shamir.split(

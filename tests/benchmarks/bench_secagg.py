@@ -199,6 +199,7 @@ def _record_round(
         moment_length=MOMENT_BLOCKS,
     )
     round_ = Round(config, range(1, n + 1), seed=f"server-{n}-{d}-{dropped_fraction}")
+    round_.keep_values = False
     events: list[tuple[str, Any]] = []
     receive, close = round_.send, round_.close
 

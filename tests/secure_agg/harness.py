@@ -95,6 +95,8 @@ class Round:
         self.encoded: dict[int, np.ndarray] = {}
         self.values: dict[int, dict[str, np.ndarray]] = {}
         self.sent: list[ClientMessage] = []
+        self.keep_values = True
+        """Keep each client's float inputs in ``values`` (benchmarks at large d turn it off)."""
 
     @property
     def phase(self) -> ServerPhase:
@@ -171,7 +173,8 @@ class Round:
             else:
                 values = random_values(self.config, cid, self.seed)
             encoded = encode(self.layout, values, source=seeded_source(self.seed, "q", cid))
-            self.values[cid] = values
+            if self.keep_values:
+                self.values[cid] = values
             self.encoded[cid] = encoded
             step = state.mask(encoded)
             self.clients[cid] = step.state

@@ -22,6 +22,7 @@ from secure_agg import (
     SurvivorSignature,
     UnmaskRequest,
     UnmaskResponse,
+    signing,
 )
 
 from .harness import Round, make_config
@@ -119,6 +120,23 @@ def test_key_copied_to_another_entry() -> None:
     own = next(e for e in broadcast.keys if e.client_id == VICTIM)
     lie = _replace_entry(broadcast, 4, masking_key=own.masking_key)
     _expect_abort(round_, lie, AbortReason.KEY_REUSED)
+
+
+@pytest.mark.parametrize("bad_key", [bytes(32), bytes(31)])
+def test_neighbour_key_that_cannot_be_agreed_with(bad_key: bytes) -> None:
+    # A colluding client signs a small-order (or truncated) masking key; the server forwards it.
+    round_ = _round("keys")
+    accomplice = round_.identities[4]
+    payload = signing.advertise_payload(
+        round_id=round_.config.round_id,
+        client_id=4,
+        encryption_key=next(e for e in _victims(round_).keys if e.client_id == 4).encryption_key,
+        masking_key=bad_key,
+    )
+    lie = _replace_entry(
+        _victims(round_), 4, masking_key=bad_key, signature=signing.sign(accomplice, payload)
+    )
+    _expect_abort(round_, lie, AbortReason.KEY_AGREEMENT_FAILED)
 
 
 def test_too_few_neighbours_advertised() -> None:

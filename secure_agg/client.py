@@ -42,6 +42,12 @@ the wrong dtype or length.
 Never both shares for one neighbour: the unmask response reveals the b-share of a
 neighbour only if it is listed alive and the s_sk-share only if it is listed dead, after
 checking that the two lists are disjoint; and it answers one unmask request only.
+
+For the edge agent: the states are not meant to be persisted. Their secrets live in memory
+only, so an agent that restarts mid-round drops out of that round (which the protocol
+tolerates) and joins the next one with fresh keys. Costs per round: ``n`` signature checks
+on the broadcast, ``2k`` X25519 agreements, Shamir sharing to ``k`` neighbours, ``k + 1``
+PRG expansions of the vector, and at most ``k + 1`` signature checks when unmasking.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from secure_agg import ErrorCode, SecAggError, build_graph, choose_parameters
+from secure_agg import ErrorCode, GraphParameters, SecAggError, build_graph, choose_parameters
 from secure_agg.graph_params import COMPLETE_GRAPH_MAX_CLIENTS, REFERENCE_TABLE
 
 
@@ -88,6 +88,12 @@ def test_found_parameters_satisfy_the_documented_rules() -> None:
         if worse is not None and degree is not None:
             assert worse[0] is not None
             assert worse[0] >= degree
+
+
+def test_neighbour_count_of_found_parameters() -> None:
+    assert GraphParameters(degree=None, threshold=3).neighbours(10) == 9
+    assert GraphParameters(degree=8, threshold=5).neighbours(100) == 8
+    assert GraphParameters(degree=8, threshold=5).neighbours(6) == 5
 
 
 def test_correctness_rule_holds_in_simulation() -> None:

@@ -261,43 +261,42 @@ def update_layout(
 
     ``delta`` is symmetric, ``[-delta_clip, delta_clip]``; ``second_moment`` is
     ``[0, moment_max]``; ``weight`` is ``[0, weight_max]``; ``clip_count`` counts clipped
-    ``delta`` values. Unset bit widths default to the most the ring allows for
+    ``delta`` values. ``moment_length=0`` leaves ``second_moment`` out (for algorithms that
+    carry no v̄). Unset bit widths default to the most the ring allows for
     ``max_clients`` (:func:`max_bits`), except ``delta_bits``, which defaults to 8 bits fewer
     (at least 1), leaving the second moments the finer grid.
     """
     widest = max_bits(ring_bits, max_clients)
     counter_bits = count_bits if count_bits is not None else widest
-    return SegmentLayout(
-        ring_bits=ring_bits,
-        max_clients=max_clients,
-        segments=(
-            QuantSegment(
-                "delta",
-                delta_length,
-                -delta_clip,
-                delta_clip,
-                delta_bits if delta_bits is not None else max(1, widest - 8),
-            ),
-            QuantSegment(
-                "second_moment",
-                moment_length,
-                0.0,
-                moment_max,
-                moment_bits if moment_bits is not None else widest,
-            ),
-            QuantSegment(
-                "weight", 1, 0.0, weight_max, weight_bits if weight_bits is not None else widest
-            ),
-            QuantSegment(
-                "clip_count",
-                1,
-                0.0,
-                float(2**counter_bits - 1),
-                counter_bits,
-                counts_clips_of=("delta",),
-            ),
-        ),
+    delta = QuantSegment(
+        "delta",
+        delta_length,
+        -delta_clip,
+        delta_clip,
+        delta_bits if delta_bits is not None else max(1, widest - 8),
     )
+    weight = QuantSegment(
+        "weight", 1, 0.0, weight_max, weight_bits if weight_bits is not None else widest
+    )
+    clips = QuantSegment(
+        "clip_count",
+        1,
+        0.0,
+        float(2**counter_bits - 1),
+        counter_bits,
+        counts_clips_of=("delta",),
+    )
+    segments: tuple[QuantSegment, ...] = (delta, weight, clips)
+    if moment_length:
+        moment = QuantSegment(
+            "second_moment",
+            moment_length,
+            0.0,
+            moment_max,
+            moment_bits if moment_bits is not None else widest,
+        )
+        segments = (delta, moment, weight, clips)
+    return SegmentLayout(ring_bits=ring_bits, max_clients=max_clients, segments=segments)
 
 
 def _encode_segment(

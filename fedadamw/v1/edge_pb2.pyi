@@ -126,7 +126,7 @@ class PhaseDeadline(_message.Message):
     def __init__(self, phase: _Optional[_Union[Phase, str]] = ..., unix_ms: _Optional[int] = ...) -> None: ...
 
 class RoundConfig(_message.Message):
-    __slots__ = ("round_id", "round_number", "model_version", "task", "algorithm", "layout_fingerprint", "block_mode", "model", "global_update", "second_moment", "hyper", "local_steps", "global_step", "batch_size", "secagg_session_json", "secagg_id", "chunk_elements", "total_chunks", "deadlines")
+    __slots__ = ("round_id", "round_number", "model_version", "task", "algorithm", "layout_fingerprint", "block_mode", "model", "global_update", "second_moment", "hyper", "local_steps", "global_step", "batch_size", "secagg_session_json", "secagg_id", "chunk_elements", "total_chunks", "deadlines", "quantization_json", "secure_aggregation")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_NUMBER_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +146,8 @@ class RoundConfig(_message.Message):
     CHUNK_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     DEADLINES_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_JSON_FIELD_NUMBER: _ClassVar[int]
+    SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     round_number: int
     model_version: int
@@ -165,7 +167,9 @@ class RoundConfig(_message.Message):
     chunk_elements: int
     total_chunks: int
     deadlines: _containers.RepeatedCompositeFieldContainer[PhaseDeadline]
-    def __init__(self, round_id: _Optional[str] = ..., round_number: _Optional[int] = ..., model_version: _Optional[int] = ..., task: _Optional[str] = ..., algorithm: _Optional[str] = ..., layout_fingerprint: _Optional[str] = ..., block_mode: _Optional[str] = ..., model: _Optional[_Union[BlobRef, _Mapping]] = ..., global_update: _Optional[_Union[BlobRef, _Mapping]] = ..., second_moment: _Optional[_Union[BlobRef, _Mapping]] = ..., hyper: _Optional[_Union[Hyperparameters, _Mapping]] = ..., local_steps: _Optional[int] = ..., global_step: _Optional[int] = ..., batch_size: _Optional[int] = ..., secagg_session_json: _Optional[str] = ..., secagg_id: _Optional[int] = ..., chunk_elements: _Optional[int] = ..., total_chunks: _Optional[int] = ..., deadlines: _Optional[_Iterable[_Union[PhaseDeadline, _Mapping]]] = ...) -> None: ...
+    quantization_json: str
+    secure_aggregation: bool
+    def __init__(self, round_id: _Optional[str] = ..., round_number: _Optional[int] = ..., model_version: _Optional[int] = ..., task: _Optional[str] = ..., algorithm: _Optional[str] = ..., layout_fingerprint: _Optional[str] = ..., block_mode: _Optional[str] = ..., model: _Optional[_Union[BlobRef, _Mapping]] = ..., global_update: _Optional[_Union[BlobRef, _Mapping]] = ..., second_moment: _Optional[_Union[BlobRef, _Mapping]] = ..., hyper: _Optional[_Union[Hyperparameters, _Mapping]] = ..., local_steps: _Optional[int] = ..., global_step: _Optional[int] = ..., batch_size: _Optional[int] = ..., secagg_session_json: _Optional[str] = ..., secagg_id: _Optional[int] = ..., chunk_elements: _Optional[int] = ..., total_chunks: _Optional[int] = ..., deadlines: _Optional[_Iterable[_Union[PhaseDeadline, _Mapping]]] = ..., quantization_json: _Optional[str] = ..., secure_aggregation: _Optional[bool] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("sha256", "start_chunk")

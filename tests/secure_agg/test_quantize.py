@@ -199,6 +199,22 @@ def test_update_layout_orders_segments_and_gives_moments_more_bits() -> None:
     assert layout.segment("clip_count").counts_clips_of == ("delta",)
 
 
+def test_update_layout_without_second_moments_leaves_the_segment_out() -> None:
+    layout = update_layout(
+        delta_length=4,
+        delta_clip=0.1,
+        moment_length=0,
+        moment_max=1.0,
+        weight_max=1.0,
+        max_clients=5,
+    )
+    assert [segment.name for segment in layout.segments] == ["delta", "weight", "clip_count"]
+    encoded = encode(layout, {"delta": np.zeros(4), "weight": [1.0]}, source=seeded_source("w"))
+    sums = decode_sum(layout, encoded, num_clients=1)
+    assert set(sums) == {"delta", "weight", "clip_count"}
+    assert sums["weight"][0] == 1.0
+
+
 def test_parameter_objects_round_trip_through_json() -> None:
     layout = _layout()
     params = SecAggParams(threshold=3, degree=4, layout=layout)

@@ -88,12 +88,19 @@ def _os_error(what: str, exc: OSError) -> CoordinatorError:
     return CoordinatorError(ErrorCode.INTERNAL, f"{what} failed: {exc}")
 
 
+def _make_root(root: Path) -> None:
+    try:
+        _make_dir(root)
+    except OSError as exc:
+        raise _os_error(f"creating {root}", exc) from exc
+
+
 class BlobStore:
     """Content-addressed blobs under ``root`` (created 0700 if missing)."""
 
     def __init__(self, root: Path) -> None:
         self._root = Path(root)
-        _make_dir(self._root)
+        _make_root(self._root)
 
     @property
     def root(self) -> Path:
@@ -107,11 +114,15 @@ class BlobStore:
             )
         return self._root / sha[:2] / sha
 
-    def _existing(self, sha: str) -> Path:
+    def _existing(self, sha: str) -> tuple[Path, int]:
+        """The blob's path and size; ``NOT_FOUND`` when it is not stored."""
         path = self._path(sha)
-        if not path.is_file():
-            raise CoordinatorError(ErrorCode.NOT_FOUND, f"no blob {sha}")
-        return path
+        try:
+            return path, path.stat().st_size
+        except FileNotFoundError as exc:
+            raise CoordinatorError(ErrorCode.NOT_FOUND, f"no blob {sha}") from exc
+        except OSError as exc:
+            raise _os_error(f"reading blob {sha}", exc) from exc
 
     def put(self, data: bytes) -> str:
         """Store ``data`` durably and return its sha256 hex.
@@ -179,7 +190,7 @@ class BlobStore:
 
     def size(self, sha: str) -> int:
         """The blob's length in bytes."""
-        return self._existing(sha).stat().st_size
+        return self._existing(sha)[1]
 
     def read(self, sha: str) -> bytes:
         """The blob's bytes (not re-hashed: see :meth:`verify`)."""
@@ -244,7 +255,7 @@ class BlobStore:
 
     def verify(self, sha: str) -> None:
         """Re-hash the blob on disk; raise ``INTERNAL`` if it no longer matches its name."""
-        path = self._existing(sha)
+        path, _ = self._existing(sha)
         digest = hashlib.sha256()
         try:
             with path.open("rb") as file:
@@ -290,7 +301,7 @@ class InputSpool:
 
     def __init__(self, root: Path) -> None:
         self._root = Path(root)
-        _make_dir(self._root)
+        _make_root(self._root)
 
     @property
     def root(self) -> Path:

@@ -240,7 +240,8 @@ class CertificateAuthority:
         directory = Path(tls_dir)
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            directory.chmod(0o700)
+            if directory.stat().st_mode & 0o077:
+                directory.chmod(0o700)
             ca_key, ca_certificate = cls._load_or_create_ca(directory, moment)
             server_key, server_certificate = cls._load_or_issue_server(
                 directory, ca_key, ca_certificate, wanted, moment

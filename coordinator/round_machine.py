@@ -1,0 +1,767 @@
+"""The round machine: selection, the phases with their deadlines, commit or abort.
+
+One ``RoundMachine`` leads the rounds (DESIGN.md section 3). Its driver task repeats until
+the configured number of model versions is committed:
+
+1. **Selection.** Agents long-poll ``check_in``; once ``cohort`` of them wait (or
+   ``min_clients`` after the selection deadline), it selects ``cohort × (1 +
+   over_selection)`` at random, stores the round and its cohort, and answers their
+   check-ins with an assignment.
+2. **Phases.** Each phase closes at its deadline, or as soon as no alive participant is
+   pending. Closing persists the transition (who dropped, and why), then pushes the next
+   phase's opening message to every watching agent at once (``watch``), so a round's wall
+   time is work plus network.
+3. **Commit.** The decoded sums go through the FedAdamW server rule; the new model, ΔG, v̄
+   and t are written as blobs and committed with the round outcome in one transaction.
+   Then the version is evaluated on the task's held-out set.
+
+A round aborts when the aggregation says so (fewer than t clients, bad shares) or when
+fewer than ``min_clients`` remain; no model version is written, and the next round starts.
+
+**Durability.** Every agent message is checked against the in-memory aggregation, then
+stored, then acknowledged. Masked inputs are kept: each chunk is written to the input spool
+and fsynced, its receipt stored, and only then acknowledged; a participant's input enters
+the sum once all its chunks are durable (read back from the spool). We keep each input
+until the round ends, rather than a durable running sum with group commit, because it makes
+recovery a plain replay (``active_round.replay``) with no partial-sum bookkeeping, and it
+keeps the in-memory sum O(d) whatever the cohort; it costs disk space of n·d ring elements
+per round, freed when the round ends. After ``kill -9`` and a restart, the open round is
+replayed and resumes with every acknowledged input, its phase deadline extended by
+``restart_grace`` so agents can reconnect; model versions only move forward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from coordinator.active_round import (
+    ActiveRound,
+    RoundEvent,
+    input_messages,
+    new_aggregation,
+    replay,
+)
+from coordinator.aggregation import PhaseClosed
+from coordinator.blobs import BlobStore, InputSpool
+from coordinator.config import CoordinatorConfig
+from coordinator.domain import (
+    AddResult,
+    AuditEvent,
+    Client,
+    InputChunkRecord,
+    ModelVersion,
+    Participant,
+    Round,
+    RoundOutcome,
+    RoundPhase,
+)
+from coordinator.errors import CoordinatorError, ErrorCode, StoreError
+from coordinator.metrics import Metrics
+from coordinator.model_state import ModelState, RoundSums
+from coordinator.round_settings import RoundSettings, plan_round
+from coordinator.store import Store
+from coordinator.transitions import NEXT_PHASE
+from secure_agg import AbortReason, ClientAbort, ClientMessage, SecAggError, decode_sum
+
+__all__ = ["Assignment", "RetryAfter", "RoundMachine", "UploadProgress"]
+
+log = logging.getLogger(__name__)
+
+CONNECTED_WINDOW = 60.0  # seconds since a client's last call for it to count as connected
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    round_id: str
+    secagg_id: int
+
+
+@dataclass(frozen=True)
+class RetryAfter:
+    seconds: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class UploadProgress:
+    round_id: str
+    total_chunks: int
+    received: tuple[int, ...]
+    complete: bool
+
+
+def _protocol_error(exc: SecAggError) -> CoordinatorError:
+    return CoordinatorError(ErrorCode.PROTOCOL_VIOLATION, f"{exc}")
+
+
+class RoundMachine:
+    """Leads the rounds; the gRPC service calls its agent-facing methods."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        blobs: BlobStore,
+        spool: InputSpool,
+        model: ModelState,
+        config: CoordinatorConfig,
+        metrics: Metrics,
+        clock: Callable[[], datetime] = utcnow,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.spool = spool
+        self.model = model
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self.rng = rng if rng is not None else random.SystemRandom()
+        self.active: ActiveRound | None = None
+        self._waiting: dict[int, asyncio.Future[Assignment | RetryAfter]] = {}
+        self._waiters_changed = asyncio.Event()
+        self._seen: dict[int, float] = {}
+        self._identity: dict[int, bytes] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._finished_training = False
+        self.idle = asyncio.Event()  # set when the configured rounds are all committed
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Prepare version 0 or check the stored one, resume an open round, start driving."""
+        latest = await asyncio.to_thread(self.store.latest_version)
+        if latest is None:
+            initial = await asyncio.to_thread(self.model.initial_version, now=self.clock())
+            await asyncio.to_thread(self.store.add_initial_version, initial)
+            latest = initial
+            log.info("stored the initial model (version 0, %d parameters)", self.model.layout.size)
+        await asyncio.to_thread(self.model.check_compatible, latest)
+        self.metrics.model_version.set(latest.version)
+        open_round = await asyncio.to_thread(self.store.open_round)
+        for stale in await asyncio.to_thread(self.spool.rounds):
+            if open_round is None or stale != open_round.round_id:
+                await asyncio.to_thread(self.spool.remove_round, stale)
+        if open_round is not None:
+            await self._restore(open_round)
+        if latest.test_loss is None:
+            asyncio.get_running_loop().create_task(self._evaluate(latest))
+        self._task = asyncio.create_task(self._drive(), name="round-machine")
+        self._housekeeping = asyncio.create_task(self._gauges(), name="round-gauges")
+
+    async def stop(self) -> None:
+        for task in (self._task, self._housekeeping):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for future in self._waiting.values():
+            if not future.done():
+                future.cancel()
+
+    async def _restore(self, round_: Round) -> None:
+        participants = await asyncio.to_thread(self.store.list_participants, round_.round_id)
+        identity = {}
+        for p in participants:
+            client = await asyncio.to_thread(self.store.get_client, p.client_id)
+            identity[p.secagg_id] = client.identity_key
+        deadline = max(
+            round_.deadline,
+            self.clock() + timedelta(seconds=self.config.deadlines.restart_grace),
+        )
+        try:
+            self.active = await asyncio.to_thread(
+                replay,
+                round_,
+                store=self.store,
+                spool=self.spool,
+                identity=identity,
+                deadline=deadline,
+                now=self.clock(),
+            )
+        except (CoordinatorError, SecAggError) as exc:
+            log.error("cannot resume round %s: %s; aborting it", round_.round_id, exc)
+            await asyncio.to_thread(
+                self.store.abort_round, round_.round_id, reason="resume_failed", now=self.clock()
+            )
+            await asyncio.to_thread(self.spool.remove_round, round_.round_id)
+            self.metrics.rounds.labels(RoundOutcome.ABORTED.value).inc()
+            return
+        self.metrics.set_phase(round_.phase)
+        self.metrics.cohort.set(len(participants))
+        log.info(
+            "resumed round %d (%s) in phase %s with %d participants",
+            round_.number,
+            round_.round_id,
+            round_.phase.value,
+            len(participants),
+        )
+        await self._audit("coordinator", "round_resumed", f"{round_.round_id} in {round_.phase}")
+
+    # --- the driver ---------------------------------------------------------------------
+
+    async def _drive(self) -> None:
+        while True:
+            if self.active is None:
+                latest = await asyncio.to_thread(self.store.latest_version)
+                assert latest is not None
+                if latest.version >= self.config.rounds:
+                    self._finished_training = True
+                    self.idle.set()
+                    self._release_waiters(RetryAfter(300, "training finished"))
+                    log.info("all %d rounds committed; idle", self.config.rounds)
+                    return
+                cohort = await self._select()
+                try:
+                    self.active = await self._open_round(cohort, latest)
+                except CoordinatorError as exc:
+                    log.error("cannot start a round: %s", exc)
+                    await asyncio.sleep(5)
+                    continue
+            await self._run_phase(self.active)
+
+    async def _select(self) -> list[int]:
+        first = None
+        while True:
+            waiting = [c for c, f in self._waiting.items() if not f.done()]
+            now = time.monotonic()
+            if waiting and first is None:
+                first = now
+            if len(waiting) >= self.config.cohort:
+                break
+            if (
+                first is not None
+                and len(waiting) >= self.config.min_clients
+                and now - first >= self.config.deadlines.selection
+            ):
+                break
+            self._waiters_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._waiters_changed.wait(), timeout=1.0)
+        return self.rng.sample(waiting, min(len(waiting), self.config.selected))
+
+    async def _open_round(self, cohort: list[int], version: ModelVersion) -> ActiveRound:
+        now = self.clock()
+        round_id = uuid.uuid4().hex
+        number = await asyncio.to_thread(self.store.next_round_number)
+        settings = plan_round(
+            self.config,
+            round_id=round_id,
+            number=number,
+            version=version,
+            cohort_size=len(cohort),
+            model_length=self.model.layout.size,
+            num_blocks=self.model.num_blocks,
+            block_mode=self.model.block_mode,
+            blob_sizes={
+                "model": self.blobs.size(version.model_sha256),
+                "second_moment": self.blobs.size(version.second_moment_sha256),
+            },
+        )
+        participants = [
+            Participant(round_id=round_id, client_id=client_id, secagg_id=i + 1)
+            for i, client_id in enumerate(cohort)
+        ]
+        identity = {}
+        for p in participants:
+            identity[p.secagg_id] = await self._identity_key(p.client_id)
+        deadline = now + settings.phase_duration(RoundPhase.ADVERTISE_KEYS)
+        round_ = Round(
+            round_id=round_id,
+            number=number,
+            model_version=version.version,
+            phase=RoundPhase.ADVERTISE_KEYS,
+            outcome=RoundOutcome.RUNNING,
+            config=settings.to_json(),
+            started_at=now,
+            deadline=deadline,
+        )
+        await asyncio.to_thread(self.store.create_round, round_, participants)
+        active = ActiveRound(
+            round=round_,
+            settings=settings,
+            participants={p.client_id: p for p in participants},
+            aggregation=new_aggregation(settings, identity),
+            deadline=deadline,
+            phase_started=now,
+        )
+        active.update_ready()
+        for p in participants:
+            future = self._waiting.get(p.client_id)
+            if future is not None and not future.done():
+                future.set_result(Assignment(round_id, p.secagg_id))
+        self.metrics.cohort.set(len(participants))
+        self.metrics.set_phase(RoundPhase.ADVERTISE_KEYS)
+        log.info(
+            "round %d (%s) started: %d clients, model version %d, lr %.3g, %s",
+            number,
+            round_id,
+            len(participants),
+            version.version,
+            settings.lr,
+            "secure aggregation" if settings.secure else "PLAIN sums (no secure aggregation)",
+        )
+        return active
+
+    async def _run_phase(self, active: ActiveRound) -> None:
+        timeout = (active.deadline - self.clock()).total_seconds()
+        if timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(active.ready.wait(), timeout=timeout)
+        async with active.lock:
+            if active.failure is not None:
+                await self._abort(active, active.failure, {})
+                return
+            phase = active.phase
+            started = time.perf_counter()
+            closed: PhaseClosed = await asyncio.to_thread(active.aggregation.close)
+            if phase is RoundPhase.UNMASKING:
+                self.metrics.unmask_seconds.observe(time.perf_counter() - started)
+            self._count_dropouts(phase, closed.dropped)
+            if closed.aborted is not None:
+                await self._abort(active, closed.aborted, closed.dropped)
+            elif closed.ring_sum is not None:
+                await self._commit(active, closed)
+            else:
+                assert closed.next is not None
+                if len(closed.next.alive) < active.settings.min_clients:
+                    await self._abort(active, "too_few_clients", closed.dropped)
+                else:
+                    await self._advance(active, closed)
+
+    async def _advance(self, active: ActiveRound, closed: PhaseClosed) -> None:
+        assert closed.next is not None
+        now = self.clock()
+        new_phase = NEXT_PHASE[active.phase]
+        deadline = now + active.settings.phase_duration(new_phase)
+        round_ = await asyncio.to_thread(
+            self.store.advance_phase,
+            active.round_id,
+            expected=active.phase,
+            new=new_phase,
+            now=now,
+            deadline=deadline,
+            dropped=dict(closed.dropped),
+        )
+        log.info(
+            "round %d: %s closed (%d alive, %d dropped) -> %s",
+            round_.number,
+            active.phase.value,
+            len(closed.next.alive),
+            len(closed.dropped),
+            new_phase.value,
+        )
+        self.metrics.phase_seconds.labels(active.phase.value).observe(
+            (now - active.phase_started).total_seconds()
+        )
+        active.round = round_
+        active.aggregation = closed.next
+        active.deadline = deadline
+        active.phase_started = now
+        active.update_ready()
+        self.metrics.set_phase(new_phase)
+        active.broadcast(
+            {
+                secagg: RoundEvent(
+                    round_id=active.round_id,
+                    phase=new_phase,
+                    message=closed.messages.get(secagg),
+                )
+                for secagg in active.secagg_ids.values()
+            }
+        )
+
+    async def _commit(self, active: ActiveRound, closed: PhaseClosed) -> None:
+        assert closed.ring_sum is not None
+        settings = active.settings
+        survivors = len(closed.survivors)
+        sums = decode_sum(settings.layout, closed.ring_sum, num_clients=survivors)
+        round_sums = RoundSums(
+            delta=sums["delta"],
+            second_moment=sums.get("second_moment"),
+            weight=float(sums["weight"][0]),
+            clipped=float(sums["clip_count"][0]),
+            survivors=survivors,
+        )
+        version = await asyncio.to_thread(self.store.get_version, settings.model_version)
+        now = self.clock()
+        new_version = await asyncio.to_thread(
+            self.model.next_version,
+            version,
+            round_sums,
+            local_steps=settings.local_steps,
+            lr=settings.lr,
+            server_lr=settings.server_lr,
+            round_id=active.round_id,
+            now=now,
+        )
+        round_ = await asyncio.to_thread(
+            self.store.commit_round,
+            active.round_id,
+            version=new_version,
+            now=now,
+            dropped=dict(closed.dropped),
+        )
+        self.metrics.clipped_values.inc(round_sums.clipped)
+        self.metrics.model_version.set(new_version.version)
+        log.info(
+            "round %d committed model version %d from %d clients (%d delta values clipped)",
+            round_.number,
+            new_version.version,
+            survivors,
+            int(round_sums.clipped),
+        )
+        await self._finish(active, round_, new_version.version, None, survivors)
+        asyncio.get_running_loop().create_task(self._evaluate(new_version))
+
+    async def _abort(self, active: ActiveRound, reason: str, dropped: Mapping[int, str]) -> None:
+        now = self.clock()
+        round_ = await asyncio.to_thread(
+            self.store.abort_round, active.round_id, reason=reason, now=now, dropped=dict(dropped)
+        )
+        log.warning("round %d aborted in %s: %s", round_.number, active.phase.value, reason)
+        await self._finish(active, round_, active.settings.model_version, reason, 0)
+
+    async def _finish(
+        self, active: ActiveRound, round_: Round, version: int, reason: str | None, survivors: int
+    ) -> None:
+        outcome = RoundOutcome.COMMITTED if reason is None else RoundOutcome.ABORTED
+        self.metrics.rounds.labels(outcome.value).inc()
+        self.metrics.survivors.set(survivors)
+        self.metrics.set_phase(None)
+        self.metrics.round_seconds.observe((self.clock() - round_.started_at).total_seconds())
+        active.round = round_
+        event = RoundEvent(
+            round_id=active.round_id,
+            phase=round_.phase,
+            outcome=outcome,
+            model_version=version,
+            reason=reason,
+        )
+        active.broadcast(dict.fromkeys(active.secagg_ids.values(), event))
+        self.active = None
+        await asyncio.to_thread(self.spool.remove_round, active.round_id)
+        await self._audit(
+            "coordinator", f"round_{outcome.value}", f"{active.round_id} {reason or ''}".strip()
+        )
+
+    async def _evaluate(self, version: ModelVersion) -> None:
+        try:
+            evaluation = await asyncio.to_thread(self.model.evaluate, version)
+            if evaluation is None:
+                return
+            await asyncio.to_thread(
+                self.store.record_evaluation,
+                version.version,
+                loss=evaluation.loss,
+                accuracy=evaluation.accuracy,
+            )
+        except (CoordinatorError, OSError) as exc:
+            log.error("evaluating model version %d failed: %s", version.version, exc)
+            return
+        self.metrics.test_loss.set(evaluation.loss)
+        if evaluation.accuracy is not None:
+            self.metrics.test_accuracy.set(evaluation.accuracy)
+        log.info(
+            "model version %d: test loss %.4f, accuracy %s",
+            version.version,
+            evaluation.loss,
+            "n/a" if evaluation.accuracy is None else f"{evaluation.accuracy:.4f}",
+        )
+
+    def _count_dropouts(self, phase: RoundPhase, dropped: Mapping[int, str]) -> None:
+        for reason in dropped.values():
+            self.metrics.dropouts.labels(phase.value, reason.partition(":")[0]).inc()
+
+    async def _gauges(self) -> None:
+        while True:
+            now = time.monotonic()
+            self.metrics.connected.set(
+                sum(1 for t in self._seen.values() if now - t < CONNECTED_WINDOW)
+            )
+            with contextlib.suppress(StoreError):
+                clients = await asyncio.to_thread(self.store.list_clients)
+                self.metrics.enrolled.set(sum(1 for c in clients if not c.revoked))
+            await asyncio.sleep(5)
+
+    async def _audit(self, actor: str, action: str, detail: str) -> None:
+        try:
+            await asyncio.to_thread(
+                self.store.audit,
+                AuditEvent(at=self.clock(), actor=actor, action=action, detail=detail),
+            )
+        except StoreError as exc:
+            log.error("cannot write the audit log: %s", exc)
+
+    def _release_waiters(self, answer: RetryAfter) -> None:
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_result(answer)
+
+    async def _identity_key(self, client_id: int) -> bytes:
+        if client_id not in self._identity:
+            client = await asyncio.to_thread(self.store.get_client, client_id)
+            self._identity[client_id] = client.identity_key
+        return self._identity[client_id]
+
+    # --- agent-facing -------------------------------------------------------------------
+
+    def seen(self, client_id: int) -> None:
+        self._seen[client_id] = time.monotonic()
+
+    async def check_in(self, client: Client, *, task: str, wait: float) -> Assignment | RetryAfter:
+        """An assignment once a round selects ``client``, or when to come back."""
+        if task and task != self.config.task:
+            raise CoordinatorError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"this coordinator trains task {self.config.task!r}, not {task!r}",
+            )
+        active = self.active
+        if active is not None and client.client_id in active.participants:
+            p = active.participants[client.client_id]
+            if p.secagg_id in active.aggregation.alive:
+                return Assignment(active.round_id, p.secagg_id)
+        if self._finished_training:
+            return RetryAfter(300, "training finished")
+        previous = self._waiting.get(client.client_id)
+        if previous is not None and not previous.done():
+            previous.set_result(RetryAfter(1, "checked in again elsewhere"))
+        future: asyncio.Future[Assignment | RetryAfter] = asyncio.get_running_loop().create_future()
+        self._waiting[client.client_id] = future
+        self._waiters_changed.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout=max(0.0, wait))
+        except TimeoutError:
+            if future.done():
+                return future.result()
+            return RetryAfter(1, "no round for this client yet")
+        finally:
+            if self._waiting.get(client.client_id) is future:
+                del self._waiting[client.client_id]
+
+    def _require(
+        self, client_id: int, round_id: str, phase: RoundPhase | None
+    ) -> tuple[ActiveRound, Participant]:
+        active = self.active
+        if active is None or active.round_id != round_id:
+            raise CoordinatorError(
+                ErrorCode.STALE_ROUND,
+                f"round {round_id} is not the open round "
+                f"({active.round_id if active else 'none is open'})",
+            )
+        participant = active.participants.get(client_id)
+        if participant is None:
+            raise CoordinatorError(
+                ErrorCode.NOT_IN_COHORT, f"client {client_id} is not in round {round_id}"
+            )
+        if phase is not None and phase is not active.phase:
+            raise CoordinatorError(
+                ErrorCode.WRONG_PHASE,
+                f"round {round_id} is in phase {active.phase.value}, not {phase.value}",
+            )
+        if participant.secagg_id not in active.aggregation.alive:
+            raise CoordinatorError(
+                ErrorCode.NOT_IN_COHORT,
+                f"client {client_id} was dropped from round {round_id}",
+            )
+        return active, participant
+
+    def round_settings(
+        self, client_id: int, round_id: str
+    ) -> tuple[RoundSettings, Participant, datetime]:
+        """The open round's settings for a participant, and when it started."""
+        active, participant = self._require(client_id, round_id, None)
+        return active.settings, participant, active.round.started_at
+
+    async def watch(self, client_id: int, round_id: str) -> AsyncIterator[RoundEvent]:
+        """The round's events for ``client_id``: the current phase first, then each change."""
+        active = self.active
+        if active is None or active.round_id != round_id:
+            round_ = await asyncio.to_thread(self.store.get_round, round_id)
+            # only its own cohort may learn how a round ended
+            await asyncio.to_thread(self.store.get_participant, round_id, client_id)
+            if round_.is_open:
+                raise CoordinatorError(
+                    ErrorCode.STALE_ROUND, f"round {round_id} is not being led here"
+                )
+            committed = round_.outcome is RoundOutcome.COMMITTED
+            yield RoundEvent(
+                round_id=round_id,
+                phase=round_.phase,
+                outcome=round_.outcome,
+                model_version=round_.model_version + 1 if committed else round_.model_version,
+                reason=round_.abort_reason,
+            )
+            return
+        member = active.participants.get(client_id)
+        if member is None:
+            raise CoordinatorError(
+                ErrorCode.NOT_IN_COHORT, f"client {client_id} is not in round {round_id}"
+            )
+        participant = member
+        queue: asyncio.Queue[RoundEvent] = asyncio.Queue()
+        active.watchers.setdefault(participant.secagg_id, set()).add(queue)
+        try:
+            async with active.lock:
+                first = active.current_event(participant.secagg_id)
+            yield first
+            while True:
+                event = await queue.get()
+                yield event
+                if event.outcome is not None:
+                    return
+        finally:
+            active.watchers.get(participant.secagg_id, set()).discard(queue)
+
+    async def submit(
+        self,
+        client_id: int,
+        round_id: str,
+        phase: RoundPhase,
+        build: Callable[[ActiveRound, Participant], tuple[ClientMessage, Callable[[], AddResult]]],
+    ) -> None:
+        """Check, sum in memory, store, then return (the caller acknowledges).
+
+        ``build`` makes the secure-aggregation message and a function that stores its
+        record. A message the aggregation refuses raises ``PROTOCOL_VIOLATION`` and is not
+        stored.
+        """
+        active, participant = self._require(client_id, round_id, phase)
+        async with active.lock:
+            active, participant = self._require(client_id, round_id, phase)
+            message, store_record = build(active, participant)
+            try:
+                active.aggregation.receive(message)
+            except SecAggError as exc:
+                raise _protocol_error(exc) from exc
+            try:
+                await asyncio.to_thread(store_record)
+            except StoreError as exc:
+                self._fail(active, f"store_failure:{exc.code.value}")
+                raise
+            active.update_ready()
+
+    def _fail(self, active: ActiveRound, reason: str) -> None:
+        """An accepted message could not be stored: the round cannot be trusted to replay."""
+        log.error("round %s must abort: %s", active.round_id, reason)
+        active.failure = reason
+        active.update_ready()
+
+    async def client_abort(
+        self, client_id: int, round_id: str, phase: RoundPhase, reason: str
+    ) -> None:
+        active, participant = self._require(client_id, round_id, phase)
+        if phase is RoundPhase.MASKED_INPUT and participant.secagg_id in active.complete:
+            raise CoordinatorError(
+                ErrorCode.WRONG_PHASE,
+                "your masked input is already summed; the round needs you to stay",
+            )
+        try:
+            abort_reason = AbortReason(reason)
+        except ValueError:
+            abort_reason = AbortReason.CANCELLED
+        label = f"client_aborted:{abort_reason.value}"
+
+        def build(a: ActiveRound, p: Participant) -> tuple[ClientMessage, Callable[[], AddResult]]:
+            def store_it() -> AddResult:
+                self.store.drop_participant(round_id, p.secagg_id, reason=label)
+                return AddResult.ADDED
+
+            return ClientAbort(
+                round_id=round_id, client_id=p.secagg_id, reason=abort_reason
+            ), store_it
+
+        await self.submit(client_id, round_id, phase, build)
+        log.info("client %d left round %s: %s", client_id, round_id, reason)
+
+    async def upload_chunk(
+        self, client_id: int, round_id: str, phase: RoundPhase, chunk_index: int, data: bytes
+    ) -> UploadProgress:
+        """Stage one chunk durably; once all are durable, sum the input."""
+        active, participant = self._require(client_id, round_id, phase)
+        if phase is not RoundPhase.MASKED_INPUT:
+            raise CoordinatorError(
+                ErrorCode.WRONG_PHASE, "masked inputs belong to phase masked_input"
+            )
+        settings = active.settings
+        itemsize = settings.layout.dtype.itemsize
+        expected = settings.chunk_length(chunk_index) * itemsize
+        if len(data) != expected:
+            raise CoordinatorError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"chunk {chunk_index} must hold {expected} bytes, got {len(data)}",
+            )
+        secagg = participant.secagg_id
+        digest = hashlib.sha256(data).hexdigest()
+        receipts = active.receipts.setdefault(secagg, {})
+        known = receipts.get(chunk_index)
+        if known is not None and known != digest:
+            raise CoordinatorError(
+                ErrorCode.CONFLICT, f"chunk {chunk_index} was already received with other bytes"
+            )
+        if known is None and secagg not in active.complete:
+            offset = chunk_index * settings.chunk_elements * itemsize
+            await asyncio.to_thread(
+                self.spool.write_chunk, round_id, secagg, offset_bytes=offset, data=data
+            )
+            await asyncio.to_thread(
+                self.store.add_input_chunk,
+                InputChunkRecord(
+                    round_id=round_id, secagg_id=secagg, chunk_index=chunk_index, sha256=digest
+                ),
+            )
+            receipts[chunk_index] = digest
+            self.metrics.received_bytes.labels("masked_input").inc(len(data))
+        if len(receipts) == settings.total_chunks and secagg not in active.complete:
+            await self._complete_input(active, participant)
+        return self.upload_progress(client_id, round_id)
+
+    async def _complete_input(self, active: ActiveRound, participant: Participant) -> None:
+        async with active.lock:
+            secagg = participant.secagg_id
+            if secagg in active.complete:
+                return
+            self._require(participant.client_id, active.round_id, RoundPhase.MASKED_INPUT)
+            try:
+                await asyncio.to_thread(self.store.mark_input_complete, active.round_id, secagg)
+            except StoreError as exc:
+                if exc.code is ErrorCode.WRONG_PHASE:
+                    raise
+                self._fail(active, f"store_failure:{exc.code.value}")
+                raise
+            session_id = getattr(active.aggregation, "session_id", b"")
+            try:
+                await asyncio.to_thread(self._feed_input, active, secagg, session_id)
+            except SecAggError as exc:
+                self._fail(active, "input_unreadable")
+                raise _protocol_error(exc) from exc
+            active.complete.add(secagg)
+            active.update_ready()
+
+    def _feed_input(self, active: ActiveRound, secagg: int, session_id: bytes) -> None:
+        for message in input_messages(active.settings, self.spool, secagg, session_id):
+            active.aggregation.receive(message)
+
+    def upload_progress(self, client_id: int, round_id: str) -> UploadProgress:
+        active, participant = self._require(client_id, round_id, None)
+        received = tuple(sorted(active.receipts.get(participant.secagg_id, {})))
+        return UploadProgress(
+            round_id=round_id,
+            total_chunks=active.settings.total_chunks,
+            received=received,
+            complete=participant.secagg_id in active.complete,
+        )

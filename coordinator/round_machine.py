@@ -175,10 +175,7 @@ class RoundMachine:
 
     async def _restore(self, round_: Round) -> None:
         participants = await asyncio.to_thread(self.store.list_participants, round_.round_id)
-        identity = {}
-        for p in participants:
-            client = await asyncio.to_thread(self.store.get_client, p.client_id)
-            identity[p.secagg_id] = client.identity_key
+        identity = {p.secagg_id: await self._identity_key(p.client_id) for p in participants}
         deadline = max(
             round_.deadline,
             self.clock() + timedelta(seconds=self.config.deadlines.restart_grace),
@@ -511,6 +508,15 @@ class RoundMachine:
         for future in self._waiting.values():
             if not future.done():
                 future.set_result(answer)
+
+    def identity_key(self, client_id: int) -> bytes:
+        """The enrolled identity key of a participant of the open round."""
+        try:
+            return self._identity[client_id]
+        except KeyError as exc:
+            raise CoordinatorError(
+                ErrorCode.NOT_IN_COHORT, f"client {client_id} is not in the open round"
+            ) from exc
 
     async def _identity_key(self, client_id: int) -> bytes:
         if client_id not in self._identity:

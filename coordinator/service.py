@@ -1,0 +1,379 @@
+"""The gRPC servicer for edge agents (``fedadamw.v1.EdgeService``).
+
+Each method is a few lines: find the caller, convert the request (``serde``), call the
+round machine or the store, convert the answer. Errors become statuses in one place
+(``_unary``/``_streaming`` with ``error_catalog``), where every request is also counted by
+method and status code. A bad request gets its status and changes nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+
+from coordinator import pki, serde
+from coordinator.active_round import ActiveRound
+from coordinator.auth import Authenticator
+from coordinator.blobs import BlobStore
+from coordinator.domain import AddResult, AuditEvent, Participant
+from coordinator.error_catalog import status_for
+from coordinator.errors import CoordinatorError, ErrorCode
+from coordinator.metrics import Metrics
+from coordinator.round_machine import Assignment, RoundMachine
+from coordinator.store import Store
+from coordinator.tokens import hash_token
+from fedadamw.v1 import edge_pb2 as pb
+from fedadamw.v1 import edge_pb2_grpc as pb_grpc
+from secure_agg import ClientMessage
+
+__all__ = ["DOWNLOAD_CHUNK_BYTES", "EdgeService"]
+
+log = logging.getLogger(__name__)
+
+DOWNLOAD_CHUNK_BYTES = 1 << 20
+MAX_TOKEN = 256
+MAX_LABEL = 200
+MAX_CSR = 16 << 10
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+
+
+def _unary(
+    method: str,
+) -> Callable[
+    [Callable[[EdgeService, Request, Context], Awaitable[Response]]],
+    Callable[[EdgeService, Request, Context], Awaitable[Response]],
+]:
+    def wrap(
+        fn: Callable[[EdgeService, Request, Context], Awaitable[Response]],
+    ) -> Callable[[EdgeService, Request, Context], Awaitable[Response]]:
+        @functools.wraps(fn)
+        async def handler(self: EdgeService, request: Request, context: Context) -> Response:
+            started = time.perf_counter()
+            try:
+                response = await fn(self, request, context)
+            except CoordinatorError as exc:
+                await self._refuse(method, context, exc, started)
+                raise AssertionError("unreachable") from exc  # context.abort raised
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                log.exception("%s failed", method)
+                await self._refuse(
+                    method, context, CoordinatorError(ErrorCode.INTERNAL, str(exc)), started
+                )
+                raise AssertionError("unreachable") from exc
+            self._count(method, grpc.StatusCode.OK, started)
+            return response
+
+        return handler
+
+    return wrap
+
+
+def _streaming(
+    method: str,
+) -> Callable[
+    [Callable[[EdgeService, Request, Context], AsyncIterator[Response]]],
+    Callable[[EdgeService, Request, Context], AsyncIterator[Response]],
+]:
+    def wrap(
+        fn: Callable[[EdgeService, Request, Context], AsyncIterator[Response]],
+    ) -> Callable[[EdgeService, Request, Context], AsyncIterator[Response]]:
+        @functools.wraps(fn)
+        async def handler(
+            self: EdgeService, request: Request, context: Context
+        ) -> AsyncIterator[Response]:
+            started = time.perf_counter()
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except CoordinatorError as exc:
+                await self._refuse(method, context, exc, started)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                log.exception("%s failed", method)
+                await self._refuse(
+                    method, context, CoordinatorError(ErrorCode.INTERNAL, str(exc)), started
+                )
+            else:
+                self._count(method, grpc.StatusCode.OK, started)
+
+        return handler
+
+    return wrap
+
+
+class EdgeService(pb_grpc.EdgeServiceServicer):
+    """The agents' service; see ``proto/fedadamw/v1/edge.proto`` for the contract."""
+
+    def __init__(
+        self,
+        *,
+        machine: RoundMachine,
+        store: Store,
+        blobs: BlobStore,
+        ca: pki.CertificateAuthority | None,
+        auth: Authenticator,
+        metrics: Metrics,
+        checkin_wait: float,
+    ) -> None:
+        self.machine = machine
+        self.store = store
+        self.blobs = blobs
+        self.ca = ca
+        self.auth = auth
+        self.metrics = metrics
+        self.checkin_wait = checkin_wait
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    def _count(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        self.metrics.requests.labels(method, code.name).inc()
+        self.metrics.request_seconds.labels(method).observe(time.perf_counter() - started)
+
+    async def _refuse(
+        self, method: str, context: Context, error: CoordinatorError, started: float
+    ) -> None:
+        status, message = status_for(error)
+        level = logging.ERROR if status is grpc.StatusCode.INTERNAL else logging.INFO
+        log.log(level, "%s refused (%s): %s", method, error.code.value, error.message)
+        self._count(method, status, started)
+        await context.abort(status, message)
+
+    async def _caller(self, context: Context, cost: float = 1.0) -> int:
+        client = await self.auth.client(context, cost=cost)
+        self.machine.seen(client.client_id)
+        return client.client_id
+
+    # --- enrollment ---------------------------------------------------------------------
+
+    @_unary("Enroll")
+    async def Enroll(self, request: pb.EnrollRequest, context: Context) -> pb.EnrollResponse:
+        if self.ca is None:
+            raise CoordinatorError(
+                ErrorCode.INVALID_ARGUMENT, "this coordinator runs without TLS; enroll is off"
+            )
+        if not 0 < len(request.token) <= MAX_TOKEN or len(request.label) > MAX_LABEL:
+            raise CoordinatorError(ErrorCode.INVALID_ARGUMENT, "token or label has a bad length")
+        if len(request.csr_der) > MAX_CSR:
+            raise CoordinatorError(ErrorCode.TOO_LARGE, f"the CSR is over {MAX_CSR} bytes")
+        identity = serde.exact("identity_key", request.identity_key, serde.KEY_BYTES)
+        pki.verify_enrollment_signature(identity, request.token, request.csr_der, request.signature)
+        ca = self.ca
+        csr = bytes(request.csr_der)
+
+        def issue(client_id: int) -> tuple[bytes, int]:
+            return ca.issue_client_certificate(csr_der=csr, client_id=client_id)
+
+        client = await asyncio.to_thread(
+            self.store.enroll,
+            token_hash=hash_token(request.token),
+            identity_key=identity,
+            label=request.label,
+            now=datetime.now(UTC),
+            issue_certificate=issue,
+        )
+        await asyncio.to_thread(
+            self.store.audit,
+            AuditEvent(
+                at=datetime.now(UTC),
+                actor=f"client:{client.client_id}",
+                action="enrolled",
+                detail=request.label,
+            ),
+        )
+        log.info("client %d enrolled (%s)", client.client_id, request.label or "no label")
+        return pb.EnrollResponse(
+            client_id=client.client_id,
+            certificate_pem=client.certificate_pem,
+            ca_certificate_pem=ca.ca_certificate_pem,
+        )
+
+    # --- rounds -------------------------------------------------------------------------
+
+    @_unary("CheckIn")
+    async def CheckIn(self, request: pb.CheckInRequest, context: Context) -> pb.CheckInResponse:
+        client = await self.auth.client(context)
+        self.machine.seen(client.client_id)
+        wait = min(float(request.wait_seconds or self.checkin_wait), self.checkin_wait)
+        answer = await self.machine.check_in(client, task=request.task, wait=wait)
+        if isinstance(answer, Assignment):
+            return pb.CheckInResponse(
+                assignment=pb.RoundAssignment(round_id=answer.round_id, secagg_id=answer.secagg_id)
+            )
+        return pb.CheckInResponse(retry_after_seconds=answer.seconds)
+
+    @_unary("GetRoundConfig")
+    async def GetRoundConfig(self, request: pb.RoundRef, context: Context) -> pb.RoundConfig:
+        client_id = await self._caller(context)
+        settings, participant, started = self.machine.round_settings(
+            client_id, serde.check_round_id(request.round_id)
+        )
+        return serde.settings_to_proto(
+            settings, secagg_id=participant.secagg_id, started_at=started
+        )
+
+    @_streaming("DownloadBlob")
+    async def DownloadBlob(
+        self, request: pb.DownloadRequest, context: Context
+    ) -> AsyncIterator[pb.BlobChunk]:
+        client_id = await self._caller(context)
+        active = self.machine.active
+        allowed = (
+            {
+                active.settings.model_sha256,
+                active.settings.global_update_sha256,
+                active.settings.second_moment_sha256,
+            }
+            if active is not None and client_id in active.participants
+            else set()
+        )
+        if request.sha256 not in allowed:
+            raise CoordinatorError(
+                ErrorCode.NOT_FOUND, "only the blobs of a round you take part in can be downloaded"
+            )
+        chunks = await asyncio.to_thread(
+            lambda: iter(
+                self.blobs.iter_chunks(
+                    request.sha256, chunk_size=DOWNLOAD_CHUNK_BYTES, start_chunk=request.start_chunk
+                )
+            )
+        )
+        total_size = await asyncio.to_thread(self.blobs.size, request.sha256)
+        while True:
+            item = await asyncio.to_thread(next, chunks, None)
+            if item is None:
+                return
+            index, total, data = item
+            self.metrics.sent_bytes.labels("blob").inc(len(data))
+            yield pb.BlobChunk(index=index, total_chunks=total, total_size=total_size, data=data)
+
+    @_streaming("WatchRound")
+    async def WatchRound(
+        self, request: pb.RoundRef, context: Context
+    ) -> AsyncIterator[pb.RoundEvent]:
+        client_id = await self._caller(context)
+        async for event in self.machine.watch(client_id, serde.check_round_id(request.round_id)):
+            yield serde.event_to_proto(event)
+
+    async def _submit(
+        self,
+        context: Context,
+        round_id: str,
+        phase: pb.Phase,
+        build: Callable[[ActiveRound, Participant], tuple[ClientMessage, Callable[[], AddResult]]],
+    ) -> pb.Ack:
+        client_id = await self._caller(context)
+        await self.machine.submit(
+            client_id, serde.check_round_id(round_id), serde.phase_from_proto(phase), build
+        )
+        return pb.Ack(round_id=round_id, phase=phase)
+
+    @_unary("AdvertiseKeys")
+    async def AdvertiseKeys(self, request: pb.AdvertiseKeysRequest, context: Context) -> pb.Ack:
+        def build(
+            active: ActiveRound, p: Participant
+        ) -> tuple[ClientMessage, Callable[[], AddResult]]:
+            identity = self.machine.identity_key(p.client_id)
+            message, record = serde.advertise_from_proto(
+                request, secagg_id=p.secagg_id, identity_key=identity
+            )
+            return message, lambda: self.store.add_advertised_keys(record)
+
+        return await self._submit(context, request.round_id, request.phase, build)
+
+    @_unary("ShareKeys")
+    async def ShareKeys(self, request: pb.ShareKeysRequest, context: Context) -> pb.Ack:
+        def build(
+            active: ActiveRound, p: Participant
+        ) -> tuple[ClientMessage, Callable[[], AddResult]]:
+            message, records = serde.shares_from_proto(
+                request, secagg_id=p.secagg_id, cohort_size=len(active.participants)
+            )
+            return message, lambda: self.store.add_shares(request.round_id, p.secagg_id, records)
+
+        return await self._submit(context, request.round_id, request.phase, build)
+
+    @_unary("UploadMaskedInput")
+    async def UploadMaskedInput(
+        self, request_iterator: AsyncIterator[pb.MaskedInputChunk], context: Context
+    ) -> pb.UploadStatus:
+        client_id = await self._caller(context)
+        round_id = ""
+        progress = None
+        async for chunk in request_iterator:
+            if round_id and chunk.round_id != round_id:
+                raise CoordinatorError(
+                    ErrorCode.INVALID_ARGUMENT, "one upload stream carries one round"
+                )
+            round_id = serde.check_round_id(chunk.round_id)
+            self.auth.spend(client_id)
+            progress = await self.machine.upload_chunk(
+                client_id,
+                round_id,
+                serde.phase_from_proto(chunk.phase),
+                chunk.chunk_index,
+                chunk.values,
+            )
+        if progress is None:
+            raise CoordinatorError(ErrorCode.INVALID_ARGUMENT, "the upload stream held no chunk")
+        return serde.upload_status_to_proto(progress)
+
+    @_unary("GetUploadStatus")
+    async def GetUploadStatus(self, request: pb.RoundRef, context: Context) -> pb.UploadStatus:
+        client_id = await self._caller(context)
+        progress = self.machine.upload_progress(client_id, serde.check_round_id(request.round_id))
+        return serde.upload_status_to_proto(progress)
+
+    @_unary("SubmitConsistencySignature")
+    async def SubmitConsistencySignature(
+        self, request: pb.ConsistencySignatureRequest, context: Context
+    ) -> pb.Ack:
+        def build(
+            active: ActiveRound, p: Participant
+        ) -> tuple[ClientMessage, Callable[[], AddResult]]:
+            message, record = serde.signature_from_proto(request, secagg_id=p.secagg_id)
+            return message, lambda: self.store.add_consistency_signature(record)
+
+        return await self._submit(context, request.round_id, request.phase, build)
+
+    @_unary("Unmask")
+    async def Unmask(self, request: pb.UnmaskRequest, context: Context) -> pb.Ack:
+        def build(
+            active: ActiveRound, p: Participant
+        ) -> tuple[ClientMessage, Callable[[], AddResult]]:
+            message, record = serde.unmask_from_proto(
+                request, secagg_id=p.secagg_id, cohort_size=len(active.participants)
+            )
+            return message, lambda: self.store.add_unmask_response(record)
+
+        return await self._submit(context, request.round_id, request.phase, build)
+
+    @_unary("AbortRound")
+    async def AbortRound(self, request: pb.AbortRoundRequest, context: Context) -> pb.Ack:
+        client_id = await self._caller(context)
+        await self.machine.client_abort(
+            client_id,
+            serde.check_round_id(request.round_id),
+            serde.phase_from_proto(request.phase),
+            request.reason[:100],
+        )
+        return pb.Ack(round_id=request.round_id, phase=request.phase)
+
+    @_unary("Heartbeat")
+    async def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: Context
+    ) -> pb.HeartbeatResponse:
+        await self._caller(context)
+        return pb.HeartbeatResponse(server_unix_ms=int(time.time() * 1000))

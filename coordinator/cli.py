@@ -1,34 +1,290 @@
 """``fedadamw-coordinator``: the coordinator service and its admin commands.
 
-The service is not part of this release yet. The command exists so that installs keep one
-stable name; it explains that and exits with status 2.
+    run                 serve agents, running rounds until the configured number is committed
+    token create        print a single-use enrollment token
+    clients list        enrolled clients
+    clients revoke ID   revoke a client at once
+    status [--json]     model version, rounds with outcome, cohort, survivors, timings
+    export              write a model version as a torch state dict
+    db upgrade          migrate the database to this version's schema
+
+Every command takes ``--data-dir`` (and ``--db`` for PostgreSQL). The admin commands read
+and write the database directly, so they work while the service runs and after it stops.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from coordinator.config import load_config
+from coordinator.domain import EnrollmentToken
+from coordinator.errors import CoordinatorError
+from coordinator.logs import configure_logging
+from coordinator.server import Coordinator, ServeOptions, database_url, open_store, prepare_data_dir
+from coordinator.status import export_version, format_status, status_report
+from coordinator.store.schema import current_revision, head_revision, upgrade
+from coordinator.tokens import DEFAULT_TTL, hash_token, new_token, parse_ttl
 
 __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    configure_logging(level=args.log_level, json_lines=args.log_format == "json")
+    try:
+        code: int = args.run(args)
+    except CoordinatorError as exc:
+        print(f"fedadamw-coordinator: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir", type=Path, required=True, help="the coordinator's data directory"
+    )
+    parser.add_argument(
+        "--db",
+        default=None,
+        help="database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in --data-dir)",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    parser.add_argument(
+        "--log-format", default="text", choices=["text", "json"], help="json: one object per line"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedadamw-coordinator",
         description=(
-            "The FedAdamW coordinator service (run, token, clients, status, export, db). "
-            "It is not part of this release yet: run FedAdamW in process with "
-            "`fedadamw simulate` meanwhile."
+            "The FedAdamW coordinator: runs rounds of federated AdamW with secure aggregation "
+            "over enrolled edge agents, and its admin commands."
         ),
     )
-    parser.parse_args(argv)
-    print(
-        "fedadamw-coordinator: the coordinator service is not part of this release yet; "
-        "use `fedadamw simulate` to run FedAdamW in process.",
-        file=sys.stderr,
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="serve agents and run rounds",
+        description=(
+            "Serve edge agents: over mutual TLS on --listen, enrollment on --enroll-listen "
+            "(default: port + 1). The first start creates the data directory, its SQLite "
+            "database, a CA and a server certificate (DIR/tls/ca.pem is what agents trust). "
+            "Settings come from --config (TOML, see coordinator/config.py) and the flags below "
+            "override it."
+        ),
     )
-    return 2
+    _common(run)
+    run.add_argument("--listen", default="0.0.0.0:7070", help="HOST:PORT for agents (mutual TLS)")
+    run.add_argument(
+        "--enroll-listen", default=None, help="HOST:PORT for enrollment (default: port + 1)"
+    )
+    run.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
+    )
+    run.add_argument("--config", type=Path, default=None, help="TOML configuration file")
+    run.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no TLS at all: for loopback development only, never on a network",
+    )
+    run.add_argument(
+        "--server-name",
+        action="append",
+        default=[],
+        help="a DNS name or IP agents reach this server by (repeatable; localhost is in)",
+    )
+    run.add_argument("--task", default=None, help="task name or module:attr")
+    run.add_argument("--algorithm", default=None, help="fedadamw, fedadamw-full, fedavg-adamw, ...")
+    run.add_argument("--rounds", type=int, default=None, help="model versions to commit")
+    run.add_argument("--cohort", type=int, default=None, help="clients a round aims to finish with")
+    run.add_argument("--min-clients", type=int, default=None, help="fewer survivors abort a round")
+    run.add_argument("--local-steps", type=int, default=None, help="local steps K per round")
+    run.add_argument("--lr", type=float, default=None, help="base learning rate η0")
+    run.set_defaults(run=_run)
+
+    token = commands.add_parser("token", help="enrollment tokens").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    create = token.add_parser(
+        "create",
+        help="print a new single-use token",
+        description="Print a new single-use enrollment token. Only its hash is stored.",
+    )
+    _common(create)
+    create.add_argument("--ttl", default="24h", help="lifetime, e.g. 90s, 30m, 24h, 7d")
+    create.set_defaults(run=_token_create)
+
+    clients = commands.add_parser("clients", help="enrolled clients").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    listing = clients.add_parser("list", help="list enrolled clients")
+    _common(listing)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=_clients_list)
+    revoke = clients.add_parser(
+        "revoke", help="revoke a client", description="Revoke a client; its next RPC is refused."
+    )
+    _common(revoke)
+    revoke.add_argument("client_id", type=int)
+    revoke.set_defaults(run=_clients_revoke)
+
+    status = commands.add_parser(
+        "status", help="model version and rounds", description="Show the model version and rounds."
+    )
+    _common(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--limit", type=int, default=50, help="rounds to show, newest first")
+    status.set_defaults(run=_status)
+
+    export = commands.add_parser(
+        "export",
+        help="write a model version as a torch state dict",
+        description="Write a model version as a torch state dict (torch.load, load_state_dict).",
+    )
+    _common(export)
+    export.add_argument("--version", type=int, default=None, help="default: the latest")
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--task", default=None, help="default: the task of the stored rounds")
+    export.set_defaults(run=_export)
+
+    db = commands.add_parser("db", help="database schema").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    up = db.add_parser("upgrade", help="migrate the database to this version's schema")
+    _common(up)
+    up.set_defaults(run=_db_upgrade)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {
+        "task": args.task,
+        "algorithm": args.algorithm,
+        "rounds": args.rounds,
+        "cohort": args.cohort,
+        "min_clients": args.min_clients,
+        "local_steps": args.local_steps,
+        "lr": args.lr,
+    }
+    config = load_config(args.config, overrides)
+    options = ServeOptions(
+        data_dir=args.data_dir,
+        listen=args.listen,
+        enroll_listen=args.enroll_listen,
+        metrics_port=args.metrics_port,
+        db_url=args.db,
+        insecure=args.insecure,
+        server_names=tuple(args.server_name),
+    )
+    if args.insecure:
+        print(
+            "WARNING: --insecure turns TLS off. Anyone who can reach the port can read and "
+            "forge traffic. Use it on loopback for development only.",
+            file=sys.stderr,
+        )
+    asyncio.run(Coordinator(config, options).run_until_signal())
+    return 0
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    ttl = parse_ttl(args.ttl) if args.ttl else DEFAULT_TTL
+    prepare_data_dir(args.data_dir)
+    store = open_store(args.data_dir, args.db, create=True)
+    try:
+        token = new_token()
+        now = datetime.now(UTC)
+        store.create_token(
+            EnrollmentToken(token_hash=hash_token(token), created_at=now, expires_at=now + ttl)
+        )
+    finally:
+        store.close()
+    print(token)
+    print(f"expires {(now + ttl).isoformat(timespec='seconds')}", file=sys.stderr)
+    return 0
+
+
+def _clients_list(args: argparse.Namespace) -> int:
+    store = open_store(args.data_dir, args.db)
+    try:
+        clients = store.list_clients()
+    finally:
+        store.close()
+    rows = [
+        {
+            "client_id": c.client_id,
+            "label": c.label,
+            "enrolled_at": c.enrolled_at.isoformat(timespec="seconds"),
+            "revoked_at": c.revoked_at.isoformat(timespec="seconds") if c.revoked_at else None,
+            "identity_key": c.identity_key.hex(),
+        }
+        for c in clients
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'id':>6}  {'enrolled':25}  {'revoked':25}  label")
+    for row in rows:
+        revoked = row["revoked_at"] or "-"
+        print(f"{row['client_id']:>6}  {row['enrolled_at']:25}  {revoked:25}  {row['label']}")
+    return 0
+
+
+def _clients_revoke(args: argparse.Namespace) -> int:
+    store = open_store(args.data_dir, args.db)
+    try:
+        client = store.revoke_client(args.client_id, now=datetime.now(UTC))
+    finally:
+        store.close()
+    print(f"client {client.client_id} revoked at {client.revoked_at}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    store = open_store(args.data_dir, args.db)
+    try:
+        report = status_report(store, limit=args.limit)
+    finally:
+        store.close()
+    print(json.dumps(report, indent=2) if args.json else format_status(report))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    store = open_store(args.data_dir, args.db)
+    try:
+        version = export_version(
+            store, data_dir=args.data_dir, version=args.version, task=args.task, out=args.out
+        )
+    finally:
+        store.close()
+    print(f"model version {version} written to {args.out}")
+    return 0
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    prepare_data_dir(args.data_dir)
+    url = database_url(args.data_dir, args.db)
+    before = current_revision(url)
+    after = upgrade(url)
+    if before == after:
+        print(f"the database is already at revision {after}")
+    else:
+        print(f"migrated the database from {before or 'empty'} to {after} (head {head_revision()})")
+    return 0
 
 
 if __name__ == "__main__":

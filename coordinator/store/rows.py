@@ -6,6 +6,9 @@ ORM-bound leaves the store.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import overload
+
 from coordinator.domain import (
     AdvertisedKeysRecord,
     AuditEvent,
@@ -58,12 +61,23 @@ SELF_MASK = "b"  # unmask_shares.kind of a share of the owner's self-mask seed b
 SECRET_KEY = "s"  # unmask_shares.kind of a share of the owner's masking key s_sk
 
 
+@overload
+def _utc(value: datetime) -> datetime: ...
+@overload
+def _utc(value: None) -> None: ...
+def _utc(value: datetime | None) -> datetime | None:
+    """A time as UTC: a row written in this session still holds the caller's zone."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def token_from_row(row: TokenRow) -> EnrollmentToken:
     return EnrollmentToken(
         token_hash=row.token_hash,
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-        used_at=row.used_at,
+        created_at=_utc(row.created_at),
+        expires_at=_utc(row.expires_at),
+        used_at=_utc(row.used_at),
         client_id=row.client_id,
     )
 
@@ -75,8 +89,8 @@ def client_from_row(row: ClientRow) -> Client:
         label=row.label,
         certificate_pem=bytes(row.certificate_pem),
         certificate_serial=int(row.certificate_serial),
-        enrolled_at=row.enrolled_at,
-        revoked_at=row.revoked_at,
+        enrolled_at=_utc(row.enrolled_at),
+        revoked_at=_utc(row.revoked_at),
     )
 
 
@@ -88,9 +102,9 @@ def round_from_row(row: RoundRow) -> Round:
         phase=row.phase,
         outcome=row.outcome,
         config=row.config,
-        started_at=row.started_at,
-        deadline=row.deadline,
-        finished_at=row.finished_at,
+        started_at=_utc(row.started_at),
+        deadline=_utc(row.deadline),
+        finished_at=_utc(row.finished_at),
         abort_reason=row.abort_reason,
         survivors=row.survivors,
     )
@@ -127,8 +141,8 @@ def phase_timing_from_row(row: PhaseTimingRow) -> PhaseTiming:
     return PhaseTiming(
         round_id=row.round_id,
         phase=row.phase,
-        started_at=row.started_at,
-        closed_at=row.closed_at,
+        started_at=_utc(row.started_at),
+        closed_at=_utc(row.closed_at),
         alive=row.alive,
     )
 
@@ -136,7 +150,7 @@ def phase_timing_from_row(row: PhaseTimingRow) -> PhaseTiming:
 def version_from_row(row: ModelVersionRow) -> ModelVersion:
     return ModelVersion(
         version=row.version,
-        created_at=row.created_at,
+        created_at=_utc(row.created_at),
         model_sha256=row.model_sha256,
         global_update_sha256=row.global_update_sha256,
         second_moment_sha256=row.second_moment_sha256,
@@ -212,5 +226,9 @@ def unmask_from_rows(round_id: str, secagg_id: int, rows: list[UnmaskShareRow]) 
 
 def audit_from_row(row: AuditRow) -> AuditEvent:
     return AuditEvent(
-        at=row.at, actor=row.actor, action=row.action, detail=row.detail, event_id=row.event_id
+        at=_utc(row.at),
+        actor=row.actor,
+        action=row.action,
+        detail=row.detail,
+        event_id=row.event_id,
     )

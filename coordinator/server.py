@@ -1,0 +1,226 @@
+"""Assembling and running the coordinator service.
+
+The data directory (mode 0700) holds everything a coordinator keeps::
+
+    DIR/coordinator.db   the SQLite database (unless --db names PostgreSQL)
+    DIR/blobs/           model versions, ΔG and v̄, by sha256
+    DIR/spool/           masked inputs of the open round, until it ends
+    DIR/tls/             the CA and the server certificate (made on first start)
+
+Two listeners: ``listen`` serves agents over mutual TLS; ``enroll_listen`` serves only
+enrollment, over server-authenticated TLS, because an agent has no certificate before it
+enrolls (gRPC's TLS cannot ask for a client certificate without requiring one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from coordinator.auth import Authenticator
+from coordinator.blobs import BlobStore, InputSpool
+from coordinator.config import CoordinatorConfig
+from coordinator.errors import CoordinatorError, ErrorCode
+from coordinator.metrics import Metrics
+from coordinator.model_state import ModelState
+from coordinator.pki import CertificateAuthority
+from coordinator.round_machine import RoundMachine
+from coordinator.service import EdgeService
+from coordinator.store import Store
+from coordinator.store.schema import current_revision, upgrade
+from coordinator.store.sql import SqlStore, default_sqlite_url
+from fedadamw.algorithms import get_algorithm
+from fedadamw.errors import FedAdamWError
+from fedadamw.tasks import load_task
+from fedadamw.v1 import edge_pb2_grpc as pb_grpc
+
+__all__ = ["Coordinator", "ServeOptions", "database_url", "open_store", "prepare_data_dir"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "fedadamw.v1.EdgeService"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    data_dir: Path
+    listen: str = "127.0.0.1:7070"
+    enroll_listen: str | None = None  # default: the listen host, port + 1
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
+    db_url: str | None = None
+    insecure: bool = False
+    server_names: tuple[str, ...] = ()
+
+
+def prepare_data_dir(path: Path) -> Path:
+    """Create the data directory 0700 (or narrow an existing one to 0700)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def database_url(data_dir: Path, db_url: str | None) -> str:
+    return db_url or default_sqlite_url(data_dir)
+
+
+def open_store(data_dir: Path, db_url: str | None, *, create: bool = False) -> Store:
+    """The store, checked to be at the code's schema.
+
+    ``create`` builds the schema in an empty database (first start); an older schema is
+    never upgraded implicitly: the error names ``fedadamw-coordinator db upgrade``.
+    """
+    url = database_url(data_dir, db_url)
+    if create and current_revision(url) is None:
+        upgrade(url)
+    store = SqlStore(url)
+    try:
+        store.check_schema()
+    except CoordinatorError:
+        store.close()
+        raise
+    return store
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise CoordinatorError(ErrorCode.INVALID_ARGUMENT, f"expected HOST:PORT, got {address!r}")
+    return host or "0.0.0.0", int(port)
+
+
+class Coordinator:
+    """A running coordinator: store, blobs, CA, round machine, gRPC server and metrics."""
+
+    def __init__(self, config: CoordinatorConfig, options: ServeOptions) -> None:
+        self.config = config
+        self.options = options
+        self.metrics = Metrics()
+        self.store: Store | None = None
+        self.server: grpc.aio.Server | None = None
+        self.machine: RoundMachine | None = None
+        self.ports: dict[str, int] = {}
+
+    async def start(self) -> None:
+        options, config = self.options, self.config
+        data_dir = prepare_data_dir(options.data_dir)
+        try:
+            task = load_task(config.task)
+            algorithm = get_algorithm(config.algorithm)
+        except FedAdamWError as exc:
+            raise CoordinatorError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
+        self.store = await asyncio.to_thread(open_store, data_dir, options.db_url, create=True)
+        blobs = BlobStore(data_dir / "blobs")
+        await asyncio.to_thread(blobs.sweep_temporary)
+        spool = InputSpool(data_dir / "spool")
+        model = await asyncio.to_thread(
+            ModelState, task=task, algorithm=algorithm, blobs=blobs, seed=config.seed
+        )
+        ca = (
+            None
+            if options.insecure
+            else await asyncio.to_thread(
+                CertificateAuthority.load_or_create,
+                data_dir / "tls",
+                server_names=options.server_names,
+            )
+        )
+        self.machine = RoundMachine(
+            store=self.store,
+            blobs=blobs,
+            spool=spool,
+            model=model,
+            config=config,
+            metrics=self.metrics,
+        )
+        await self.machine.start()
+        limit = config.limits.chunk_elements * 8 + (1 << 16)
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", 4 << 20),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ]
+        )
+        service = EdgeService(
+            machine=self.machine,
+            store=self.store,
+            blobs=blobs,
+            ca=ca,
+            auth=Authenticator(
+                store=self.store,
+                insecure=options.insecure,
+                rate_per_second=config.limits.rate_per_second,
+            ),
+            metrics=self.metrics,
+            checkin_wait=config.limits.checkin_wait,
+        )
+        pb_grpc.add_EdgeServiceServicer_to_server(service, self.server)  # type: ignore[no-untyped-call]
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
+        host, port = _split(options.listen)
+        enroll = options.enroll_listen or f"{host}:{port + 1 if port else 0}"
+        if ca is None:
+            log.warning(
+                "RUNNING WITHOUT TLS (--insecure): anyone on the network can read and forge "
+                "traffic and claim any client id. Use this on loopback for development only."
+            )
+            self.ports["listen"] = self.server.add_insecure_port(options.listen)
+            self.ports["enroll"] = self.ports["listen"]
+        else:
+            mutual = grpc.ssl_server_credentials(
+                [(ca.server_key_pem, ca.server_certificate_pem)],
+                root_certificates=ca.ca_certificate_pem,
+                require_client_auth=True,
+            )
+            server_only = grpc.ssl_server_credentials(
+                [(ca.server_key_pem, ca.server_certificate_pem)]
+            )
+            self.ports["listen"] = self.server.add_secure_port(options.listen, mutual)
+            self.ports["enroll"] = self.server.add_secure_port(enroll, server_only)
+        await self.server.start()
+        await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        if options.metrics_port is not None:
+            self.ports["metrics"] = self.metrics.serve(options.metrics_port, options.metrics_host)
+        log.info(
+            "coordinator serving task %s (%s): agents on %s:%d, enrollment on %s:%d%s",
+            config.task,
+            config.algorithm,
+            host,
+            self.ports["listen"],
+            host,
+            self.ports["enroll"],
+            f", metrics on :{self.ports['metrics']}/metrics" if "metrics" in self.ports else "",
+        )
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
+        if self.machine is not None:
+            await self.machine.stop()
+        self.metrics.close()
+        if self.store is not None:
+            self.store.close()
+
+    async def run_until_signal(self) -> None:
+        """Serve until SIGTERM or SIGINT, then stop gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+            log.info("stopping")
+        finally:
+            await self.stop()

@@ -1,0 +1,145 @@
+"""What ``fedadamw-coordinator status`` and ``export`` read from the database and blobs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from coordinator.blobs import BlobStore
+from coordinator.domain import ModelVersion, ParticipantStatus, Round, RoundOutcome
+from coordinator.errors import CoordinatorError, ErrorCode
+from coordinator.round_settings import RoundSettings
+from coordinator.store import Store
+from fedadamw.errors import FedAdamWError
+from fedadamw.layout import FlatLayout
+from fedadamw.tasks import load_task
+
+__all__ = ["export_version", "format_status", "status_report"]
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    return None if start is None or end is None else round((end - start).total_seconds(), 3)
+
+
+def _round_entry(store: Store, round_: Round) -> dict[str, Any]:
+    participants = store.list_participants(round_.round_id)
+    timings = store.list_phase_timings(round_.round_id)
+    dropouts = Counter(
+        p.dropped_in.value
+        for p in participants
+        if p.status is ParticipantStatus.DROPPED and p.dropped_in is not None
+    )
+    committed = round_.outcome is RoundOutcome.COMMITTED
+    return {
+        "round": round_.number,
+        "round_id": round_.round_id,
+        "outcome": round_.outcome.value,
+        "phase": round_.phase.value,
+        "cohort": len(participants),
+        "survivors": round_.survivors if round_.survivors is not None else None,
+        "trained_version": round_.model_version,
+        "committed_version": round_.model_version + 1 if committed else None,
+        "started_at": round_.started_at.isoformat(timespec="seconds"),
+        "finished_at": round_.finished_at.isoformat(timespec="seconds")
+        if round_.finished_at
+        else None,
+        "duration_seconds": _seconds(round_.started_at, round_.finished_at),
+        "abort_reason": round_.abort_reason,
+        "dropouts": dict(dropouts),
+        "phases": [
+            {
+                "phase": t.phase.value,
+                "seconds": _seconds(t.started_at, t.closed_at),
+                "alive": t.alive,
+            }
+            for t in timings
+        ],
+    }
+
+
+def _version_entry(version: ModelVersion) -> dict[str, Any]:
+    return {
+        "version": version.version,
+        "created_at": version.created_at.isoformat(timespec="seconds"),
+        "global_step": version.global_step,
+        "num_clients": version.num_clients,
+        "test_loss": version.test_loss,
+        "test_accuracy": version.test_accuracy,
+        "model_sha256": version.model_sha256,
+    }
+
+
+def status_report(store: Store, *, limit: int = 50) -> dict[str, Any]:
+    """The model version, versions with their evaluation, and the newest rounds."""
+    latest = store.latest_version()
+    return {
+        "model_version": latest.version if latest is not None else None,
+        "global_step": latest.global_step if latest is not None else None,
+        "test_loss": latest.test_loss if latest is not None else None,
+        "test_accuracy": latest.test_accuracy if latest is not None else None,
+        "versions": [_version_entry(v) for v in store.list_versions()],
+        "rounds": [_round_entry(store, r) for r in store.list_rounds(limit=limit)],
+    }
+
+
+def format_status(report: dict[str, Any]) -> str:
+    """The report as a few lines and a table, for people."""
+    if report["model_version"] is None:
+        return "no model yet: the coordinator has not started on this data directory"
+    accuracy = report["test_accuracy"]
+    lines = [
+        f"model version {report['model_version']} (t = {report['global_step']}), test accuracy "
+        f"{'n/a' if accuracy is None else f'{accuracy:.4f}'}",
+        "",
+        f"{'round':>5}  {'outcome':9}  {'phase':17}  {'cohort':>6}  {'survivors':>9}  "
+        f"{'version':>7}  {'seconds':>8}  dropouts / reason",
+    ]
+    for r in report["rounds"]:
+        version = r["committed_version"] if r["committed_version"] is not None else "-"
+        seconds = f"{r['duration_seconds']:.1f}" if r["duration_seconds"] is not None else "-"
+        dropped = ", ".join(f"{k}:{v}" for k, v in r["dropouts"].items()) or "-"
+        reason = f" ({r['abort_reason']})" if r["abort_reason"] else ""
+        survivors = r["survivors"] if r["survivors"] is not None else "-"
+        lines.append(
+            f"{r['round']:>5}  {r['outcome']:9}  {r['phase']:17}  {r['cohort']:>6}  "
+            f"{survivors:>9}  {version:>7}  {seconds:>8}  {dropped}{reason}"
+        )
+    return "\n".join(lines)
+
+
+def export_version(
+    store: Store, *, data_dir: Path, version: int | None, task: str | None, out: Path
+) -> int:
+    """Write a model version as a torch state dict; returns the version written."""
+    chosen = store.latest_version() if version is None else store.get_version(version)
+    if chosen is None:
+        raise CoordinatorError(ErrorCode.NOT_FOUND, "there is no model version yet")
+    if task is None:
+        rounds = store.list_rounds(limit=1)
+        if not rounds:
+            raise CoordinatorError(
+                ErrorCode.INVALID_ARGUMENT, "no round recorded the task yet: give --task"
+            )
+        task = RoundSettings.from_json(rounds[0].config).task
+    try:
+        model = load_task(task).build_model(seed=0)
+    except FedAdamWError as exc:
+        raise CoordinatorError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
+    layout = FlatLayout.from_model(model)
+    if layout.fingerprint != chosen.layout_fingerprint:
+        raise CoordinatorError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"task {task} builds another model than version {chosen.version} was trained with",
+        )
+    blobs = BlobStore(data_dir / "blobs")
+    vector = torch.from_numpy(blobs.read_array(chosen.model_sha256, "<f4").copy())
+    layout.write(model, vector)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(out)
+    return chosen.version

@@ -13,7 +13,18 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
 		--constraint constraints.txt --editable '.[dev,postgres]'
+	@$(MAKE) --no-print-directory prometheus-tools
 	@touch $(STAMP)
+
+# promtool and prometheus (Debian's package) for the metrics tests, unless already on PATH.
+.PHONY: prometheus-tools
+prometheus-tools:
+	@if ! command -v promtool >/dev/null && ! test -x $(BIN)/promtool; then \
+		tmp=$$(mktemp -d) && (cd $$tmp && apt-get download -q prometheus >/dev/null 2>&1 \
+		&& dpkg -x prometheus_*.deb x && cp x/usr/bin/promtool x/usr/bin/prometheus $(CURDIR)/$(BIN)/) \
+		|| echo "note: could not fetch Debian's prometheus package; metrics format tests will skip"; \
+		rm -rf $$tmp; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/fedadamw demo

@@ -25,7 +25,7 @@ from typing import Any
 
 from coordinator.config import load_config
 from coordinator.domain import EnrollmentToken
-from coordinator.errors import CoordinatorError
+from coordinator.errors import CoordinatorError, ErrorCode
 from coordinator.logs import configure_logging
 from coordinator.server import Coordinator, ServeOptions, database_url, open_store, prepare_data_dir
 from coordinator.status import export_version, format_status, status_report
@@ -126,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _common(create)
     create.add_argument("--ttl", default="24h", help="lifetime, e.g. 90s, 30m, 24h, 7d")
+    create.add_argument("--count", type=int, default=1, help="how many tokens, one per line")
     create.set_defaults(run=_token_create)
 
     clients = commands.add_parser("clients", help="enrolled clients").add_subparsers(
@@ -202,17 +203,20 @@ def _run(args: argparse.Namespace) -> int:
 
 def _token_create(args: argparse.Namespace) -> int:
     ttl = parse_ttl(args.ttl) if args.ttl else DEFAULT_TTL
+    if not 1 <= args.count <= 10_000:
+        raise CoordinatorError(ErrorCode.INVALID_ARGUMENT, "--count must be 1 to 10000")
     prepare_data_dir(args.data_dir)
     store = open_store(args.data_dir, args.db, create=True)
+    tokens = [new_token() for _ in range(args.count)]
+    now = datetime.now(UTC)
     try:
-        token = new_token()
-        now = datetime.now(UTC)
-        store.create_token(
-            EnrollmentToken(token_hash=hash_token(token), created_at=now, expires_at=now + ttl)
-        )
+        for token in tokens:
+            store.create_token(
+                EnrollmentToken(token_hash=hash_token(token), created_at=now, expires_at=now + ttl)
+            )
     finally:
         store.close()
-    print(token)
+    print("\n".join(tokens))
     print(f"expires {(now + ttl).isoformat(timespec='seconds')}", file=sys.stderr)
     return 0
 

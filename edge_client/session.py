@@ -1,0 +1,432 @@
+"""One round, from the agent's side: download, secure aggregation, upload, unmask.
+
+``RoundSession.run`` takes an assignment and drives the round to its end:
+
+1. fetch the round configuration, and open the ``WatchRound`` stream, which delivers each
+   phase's opening message as soon as the phase starts;
+2. download x, ΔG and v̄ by content hash (resuming by chunk, checking sha256), while the
+   key phases run;
+3. answer each phase through the ``secure_agg`` client state machine: advertise keys, share
+   keys, then compute the update (``compute``, run in a thread), quantize it, mask it and
+   upload it in chunks (resuming from what the coordinator says is durable), then sign the
+   survivor set and reveal the shares the protocol allows;
+4. return how the round ended.
+
+Calls that fail because the coordinator is unreachable are retried with exponential backoff
+and jitter until the round's deadline; the coordinator makes every call idempotent. If the
+watch stream breaks, it is reopened, and the coordinator starts it again with the current
+phase's message (one the state machine already handled is ignored).
+
+If the coordinator drops the agent from the round, or the state machine aborts (a lying
+server), the session ends and says so; its keys die with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_client import wire
+from fedadamw.v1 import edge_pb2 as pb
+from fedadamw.v1 import edge_pb2_grpc as pb_grpc
+from secure_agg import AdvertiseKeys as SecAggAdvertise
+from secure_agg import (
+    ClientAbort,
+    ClientAborted,
+    ClientCompleted,
+    ClientMaskedInput,
+    ClientState,
+    ConsistencySignature,
+    MaskedInput,
+    SecAggError,
+    SegmentLayout,
+    SessionConfig,
+    ShareKeys,
+    UnmaskResponse,
+    encode,
+    start_client,
+)
+
+__all__ = [
+    "DOWNLOAD_CHUNK_BYTES",
+    "Outcome",
+    "RoundInputs",
+    "RoundResult",
+    "RoundSession",
+    "SessionError",
+    "UpdateFn",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DOWNLOAD_CHUNK_BYTES = 1 << 20  # the coordinator streams blobs in chunks of this size
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+class Outcome(enum.StrEnum):
+    COMMITTED = "committed"
+    ABORTED = "aborted"  # the round ended without a model
+    DROPPED = "dropped"  # the coordinator went on without this agent
+    REFUSED = "refused"  # this agent gave up on the round (its own limits, or a lying server)
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    round_id: str
+    outcome: Outcome
+    model_version: int | None = None
+    reason: str = ""
+
+
+class SessionError(Exception):
+    """The round cannot go on for this agent; ``outcome`` and ``reason`` say why."""
+
+    def __init__(self, outcome: Outcome, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+        self.reason = reason
+
+
+@dataclass(frozen=True, eq=False)
+class RoundInputs:
+    """What the update computation gets: the round's configuration and its three vectors.
+
+    ``model`` and ``global_update`` hold d float32 values of the flat layout;
+    ``second_moment`` holds the B float64 block means (B may be 0).
+    """
+
+    config: pb.RoundConfig
+    model: np.ndarray
+    global_update: np.ndarray
+    second_moment: np.ndarray
+
+
+UpdateFn = Callable[[RoundInputs], Mapping[str, np.ndarray]]
+"""Returns the values to quantize by segment name: ``delta``, ``second_moment`` (when the
+layout has it) and ``weight``."""
+
+
+class RoundSession:
+    """Drives one assigned round. Create one per assignment; ``run`` once."""
+
+    def __init__(
+        self,
+        *,
+        stub: pb_grpc.EdgeServiceStub,
+        identity_key: Ed25519PrivateKey,
+        assignment: pb.RoundAssignment,
+        compute: UpdateFn,
+        cache_dir: Path,
+        check_config: Callable[[pb.RoundConfig], None] | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        progress: Callable[[str, int, int], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.stub = stub
+        self.identity_key = identity_key
+        self.assignment = assignment
+        self.round_id = assignment.round_id
+        self.compute = compute
+        self.cache_dir = cache_dir
+        self.check_config = check_config
+        self.metadata = tuple(metadata)
+        self.progress = progress or (lambda what, done, total: None)
+        self.rng = rng or random.Random()
+        self.deadline = time.monotonic() + 3600.0
+        self.state: ClientState | None = None
+        self.config: pb.RoundConfig | None = None
+
+    # --- calls with retry ----------------------------------------------------------------
+
+    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        delay = 0.2
+        while True:
+            try:
+                return await call()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRYABLE or time.monotonic() + delay > self.deadline:
+                    raise
+                log.info(
+                    "%s: coordinator unreachable (%s); retrying in %.1fs",
+                    what,
+                    exc.code().name,
+                    delay,
+                )
+                await asyncio.sleep(delay * (0.5 + self.rng.random()))
+                delay = min(delay * 2, 10.0)
+
+    # --- the round ----------------------------------------------------------------------
+
+    async def run(self) -> RoundResult:
+        try:
+            return await self._run()
+        except SessionError as exc:
+            log.info("round %s: %s (%s)", self.round_id, exc.outcome.value, exc.reason)
+            return RoundResult(self.round_id, exc.outcome, reason=exc.reason)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            outcome = (
+                Outcome.DROPPED
+                if code in {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED}
+                else Outcome.ABORTED
+            )
+            log.info(
+                "round %s: %s after %s: %s", self.round_id, outcome.value, code.name, exc.details()
+            )
+            return RoundResult(self.round_id, outcome, reason=f"{code.name}: {exc.details()}")
+        finally:
+            self.state = None  # the round's keys die here
+
+    async def _run(self) -> RoundResult:
+        ref = pb.RoundRef(round_id=self.round_id)
+        config = await self._call(
+            "GetRoundConfig", lambda: self.stub.GetRoundConfig(ref, metadata=self.metadata)
+        )
+        self.config = config
+        if config.deadlines:
+            last = max(d.unix_ms for d in config.deadlines) / 1000.0
+            self.deadline = time.monotonic() + max(5.0, last - time.time()) + 30.0
+        if self.check_config is not None:
+            self.check_config(config)
+        layout = SegmentLayout.from_dict(json.loads(config.quantization_json))
+        downloads = asyncio.ensure_future(self._download_all(config))
+        try:
+            if config.secure_aggregation:
+                session = SessionConfig.from_dict(json.loads(config.secagg_session_json))
+                if session.round_id != self.round_id:
+                    raise SessionError(Outcome.REFUSED, "the session names another round")
+                step = start_client(
+                    session, client_id=config.secagg_id, identity_key=self.identity_key
+                )
+                self.state = step.state
+                assert isinstance(step.message, SecAggAdvertise)
+                advert = wire.advertise_to_proto(step.message)
+                await self._call(
+                    "AdvertiseKeys", lambda: self.stub.AdvertiseKeys(advert, metadata=self.metadata)
+                )
+            async for event in self._events():
+                result = await self._on_event(event, config, layout, downloads)
+                if result is not None:
+                    return result
+        finally:
+            if not downloads.done():
+                downloads.cancel()
+        raise SessionError(Outcome.ABORTED, "the round's event stream ended")
+
+    async def _events(self) -> AsyncIterator[pb.RoundEvent]:
+        """The round's events, reopening the stream when the coordinator goes away."""
+        delay = 0.2
+        while True:
+            stream = self.stub.WatchRound(
+                pb.RoundRef(round_id=self.round_id), metadata=self.metadata
+            )
+            try:
+                async for event in stream:
+                    delay = 0.2
+                    yield event
+                    if event.WhichOneof("event") == "finished":
+                        return
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRYABLE or time.monotonic() > self.deadline:
+                    raise
+                log.info(
+                    "round %s: event stream lost (%s); reconnecting", self.round_id, exc.code().name
+                )
+                await asyncio.sleep(delay * (0.5 + self.rng.random()))
+                delay = min(delay * 2, 10.0)
+            finally:
+                stream.cancel()
+
+    async def _on_event(
+        self,
+        event: pb.RoundEvent,
+        config: pb.RoundConfig,
+        layout: SegmentLayout,
+        downloads: asyncio.Future[RoundInputs],
+    ) -> RoundResult | None:
+        if event.WhichOneof("event") == "finished":
+            finished = event.finished
+            outcome = (
+                Outcome.COMMITTED if finished.outcome == pb.OUTCOME_COMMITTED else Outcome.ABORTED
+            )
+            if isinstance(self.state, ClientAborted):
+                outcome = Outcome.REFUSED
+            return RoundResult(self.round_id, outcome, finished.model_version, finished.reason)
+        if not config.secure_aggregation:
+            if event.phase == pb.PHASE_MASKED_INPUT:
+                inputs = await downloads
+                encoded = await asyncio.to_thread(self._encode, inputs, layout)
+                await self._upload(config, encoded)
+            return None
+        message = wire.event_message(event)
+        state = self.state
+        if state is None or isinstance(state, ClientAborted | ClientCompleted):
+            return None
+        if message is None:
+            if event.phase != pb.PHASE_ADVERTISE_KEYS:
+                # every later phase opens with a message for each participant still in it
+                raise SessionError(
+                    Outcome.DROPPED, f"the coordinator went on to phase {event.phase} without us"
+                )
+            return None
+        try:
+            step = state.handle(message)
+        except SecAggError:
+            return None  # a message we already handled, sent again after a reconnect
+        self.state = step.state
+        outgoing = step.message
+        if isinstance(outgoing, ClientAbort):
+            await self._abort(outgoing, event.phase)
+            raise SessionError(
+                Outcome.REFUSED, f"secure aggregation refused the round: {outgoing.reason.value}"
+            )
+        if isinstance(outgoing, ShareKeys):
+            request = wire.shares_to_proto(outgoing, self.round_id)
+            await self._call(
+                "ShareKeys", lambda: self.stub.ShareKeys(request, metadata=self.metadata)
+            )
+        elif isinstance(outgoing, ConsistencySignature):
+            sig = wire.signature_to_proto(outgoing, self.round_id)
+            await self._call(
+                "SubmitConsistencySignature",
+                lambda: self.stub.SubmitConsistencySignature(sig, metadata=self.metadata),
+            )
+        elif isinstance(outgoing, UnmaskResponse):
+            unmask = wire.unmask_to_proto(outgoing, self.round_id)
+            await self._call("Unmask", lambda: self.stub.Unmask(unmask, metadata=self.metadata))
+        if isinstance(self.state, ClientMaskedInput):
+            inputs = await downloads
+            encoded = await asyncio.to_thread(self._encode, inputs, layout)
+            masked_step = self.state.mask(encoded)
+            self.state = masked_step.state
+            masked = masked_step.message
+            if not isinstance(masked, MaskedInput):
+                raise SessionError(Outcome.REFUSED, "secure aggregation did not mask the input")
+            await self._upload(config, np.asarray(masked.values))
+        return None
+
+    async def _abort(self, message: ClientAbort, phase: pb.Phase) -> None:
+        request = pb.AbortRoundRequest(
+            round_id=self.round_id, phase=phase, reason=message.reason.value
+        )
+        try:
+            await self.stub.AbortRound(request, metadata=self.metadata, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            log.info(
+                "round %s: could not tell the coordinator we left: %s",
+                self.round_id,
+                exc.code().name,
+            )
+
+    def _encode(self, inputs: RoundInputs, layout: SegmentLayout) -> np.ndarray:
+        started = time.perf_counter()
+        values = dict(self.compute(inputs))
+        encoded = encode(layout, values)
+        log.info(
+            "round %s: update computed and quantized in %.1fs",
+            self.round_id,
+            time.perf_counter() - started,
+        )
+        return encoded
+
+    # --- transfers ----------------------------------------------------------------------
+
+    async def _download_all(self, config: pb.RoundConfig) -> RoundInputs:
+        model = await self._download(config.model, "<f4")
+        update = await self._download(config.global_update, "<f4")
+        moment = await self._download(config.second_moment, "<f8")
+        return RoundInputs(config=config, model=model, global_update=update, second_moment=moment)
+
+    async def _download(self, ref: pb.BlobRef, dtype: str) -> np.ndarray:
+        """A blob by hash: resumes from the chunks already cached, checks the sha256."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        final = self.cache_dir / ref.sha256
+        if final.exists() and hashlib.sha256(final.read_bytes()).hexdigest() == ref.sha256:
+            return np.frombuffer(final.read_bytes(), dtype=dtype).astype(dtype[1:])
+        part = self.cache_dir / f"{ref.sha256}.part"
+        chunks: list[bytes] = []
+        if part.exists():
+            data = part.read_bytes()
+            size = DOWNLOAD_CHUNK_BYTES
+            whole = len(data) - len(data) % size
+            chunks = [data[i : i + size] for i in range(0, whole, size)]
+            if whole != len(data):
+                part.write_bytes(data[:whole])
+        while True:
+            request = pb.DownloadRequest(sha256=ref.sha256, start_chunk=len(chunks))
+            try:
+                async for chunk in self.stub.DownloadBlob(request, metadata=self.metadata):
+                    if chunk.index != len(chunks):
+                        raise SessionError(Outcome.ABORTED, "the download skipped a chunk")
+                    chunks.append(bytes(chunk.data))
+                    with part.open("ab") as handle:
+                        handle.write(chunk.data)
+                    self.progress("download", sum(len(c) for c in chunks), int(ref.size))
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRYABLE or time.monotonic() > self.deadline:
+                    raise
+                await asyncio.sleep(0.5 + self.rng.random())
+        data = b"".join(chunks)
+        if hashlib.sha256(data).hexdigest() != ref.sha256 or len(data) != ref.size:
+            part.unlink(missing_ok=True)
+            raise SessionError(Outcome.ABORTED, f"blob {ref.sha256[:12]} failed its sha256 check")
+        part.replace(final)
+        return np.frombuffer(data, dtype=dtype).astype(dtype[1:])
+
+    async def _upload(self, config: pb.RoundConfig, vector: np.ndarray) -> None:
+        """The vector in chunks; after a failure, only the chunks not yet durable."""
+        data = vector.astype(vector.dtype.newbyteorder("<"), copy=False).tobytes()
+        itemsize = vector.dtype.itemsize
+        chunk_bytes = config.chunk_elements * itemsize
+        total = config.total_chunks
+        ref = pb.RoundRef(round_id=self.round_id)
+        delay = 0.2
+        while True:
+            try:
+                status = await self.stub.GetUploadStatus(ref, metadata=self.metadata)
+                if status.complete:
+                    self.progress("upload", total, total)
+                    return
+                done = set(status.received_chunks)
+                missing = [i for i in range(total) if i not in done]
+
+                async def chunks(
+                    missing: list[int] = missing, done: set[int] = done
+                ) -> AsyncIterator[pb.MaskedInputChunk]:
+                    for i in missing:
+                        yield pb.MaskedInputChunk(
+                            round_id=self.round_id,
+                            phase=pb.PHASE_MASKED_INPUT,
+                            chunk_index=i,
+                            values=data[i * chunk_bytes : (i + 1) * chunk_bytes],
+                        )
+                        done.add(i)
+                        self.progress("upload", len(done), total)
+
+                status = await self.stub.UploadMaskedInput(chunks(), metadata=self.metadata)
+                if status.complete:
+                    return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRYABLE or time.monotonic() > self.deadline:
+                    raise
+                log.info(
+                    "round %s: upload interrupted (%s); resuming", self.round_id, exc.code().name
+                )
+                await asyncio.sleep(delay * (0.5 + self.rng.random()))
+                delay = min(delay * 2, 10.0)

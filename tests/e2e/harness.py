@@ -1,0 +1,338 @@
+"""Real processes on loopback: a coordinator started with its CLI, and test agents.
+
+``Coordinator`` runs ``fedadamw-coordinator run`` in a subprocess on free ports with a
+fresh data directory (SQLite, or a PostgreSQL schema of its own), real TLS and mutual TLS.
+``TestAgent`` enrolls with a token from ``fedadamw-coordinator token create`` and takes
+part in rounds through the agent's own ``RoundSession`` (generated stubs and the real
+``secure_agg`` client), uploading whatever vectors the test computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edge_client.enrollment import Credentials, enroll, mutual_tls_channel
+from edge_client.session import Outcome, RoundResult, RoundSession, UpdateFn
+from fedadamw.v1 import edge_pb2 as pb
+from fedadamw.v1 import edge_pb2_grpc as pb_grpc
+
+BIN = Path(sys.executable).parent
+PG_URL = os.environ.get("FEDADAMW_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+FAST = {
+    "rounds": 1,
+    "cohort": 4,
+    "min_clients": 3,
+    "over_selection": 0.0,
+    "local_steps": 2,
+    "lr": 0.01,
+    "schedule": "constant",
+    "deadlines": {
+        "selection": 2,
+        "advertise_keys": 10,
+        "share_keys": 10,
+        "masked_input": 20,
+        "consistency_check": 10,
+        "unmasking": 10,
+        "restart_grace": 30,
+    },
+    "limits": {"chunk_elements": 4096, "checkin_wait": 2, "rate_per_second": 1000},
+}
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def write_config(path: Path, settings: Mapping[str, Any]) -> Path:
+    lines = [f"{k} = {_toml(v)}" for k, v in settings.items() if not isinstance(v, dict)]
+    for section, values in settings.items():
+        if isinstance(values, dict):
+            lines.append(f"\n[{section}]")
+            lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def merged(base: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key].update(value)
+        else:
+            out[key] = value
+    return out
+
+
+def postgres_url_for_schema(schema: str) -> str:
+    """A URL whose connections use ``schema``; the schema is created if missing."""
+    import psycopg
+
+    base = PG_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    separator = "&" if "?" in PG_URL else "?"
+    return f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
+
+
+def drop_postgres_schema(schema: str) -> None:
+    import psycopg
+
+    base = PG_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+class Coordinator:
+    """``fedadamw-coordinator run`` in a subprocess."""
+
+    def __init__(
+        self, root: Path, settings: Mapping[str, Any], *, db_url: str | None = None
+    ) -> None:
+        self.root = root
+        self.data_dir = root / "coordinator"
+        self.config = write_config(root / "coordinator.toml", settings)
+        self.db_url = db_url
+        self.port = free_port()
+        self.enroll_port = free_port()
+        self.metrics_port = free_port()
+        self.log_path = root / "coordinator.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def enroll_address(self) -> str:
+        return f"127.0.0.1:{self.enroll_port}"
+
+    @property
+    def ca_pem(self) -> bytes:
+        return (self.data_dir / "tls" / "ca.pem").read_bytes()
+
+    def _db_args(self) -> list[str]:
+        return ["--db", self.db_url] if self.db_url else []
+
+    def start(self, *, timeout: float = 60.0) -> None:
+        self.starts += 1
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                str(BIN / "fedadamw-coordinator"),
+                "run",
+                "--data-dir",
+                str(self.data_dir),
+                "--listen",
+                self.address,
+                "--enroll-listen",
+                self.enroll_address,
+                "--metrics-port",
+                str(self.metrics_port),
+                "--config",
+                str(self.config),
+                *self._db_args(),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        self._wait_healthy(timeout)
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the coordinator exited {self.process.returncode}:\n{self.log()}"
+                )
+            ca = self.data_dir / "tls" / "ca.pem"
+            if ca.exists() and self._healthy(ca.read_bytes()):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"the coordinator did not become healthy:\n{self.log()}")
+
+    def _healthy(self, ca: bytes) -> bool:
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca)
+        try:
+            with grpc.secure_channel(self.enroll_address, credentials) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+        except grpc.RpcError:
+            return False
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [
+                str(BIN / "fedadamw-coordinator"),
+                *args,
+                "--data-dir",
+                str(self.data_dir),
+                *self._db_args(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(f"fedadamw-coordinator {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def token(self, ttl: str = "1h") -> str:
+        return self.tokens(1, ttl)[0]
+
+    def tokens(self, count: int, ttl: str = "1h") -> list[str]:
+        out = self.cli("token", "create", "--ttl", ttl, "--count", str(count)).stdout
+        return out.split()
+
+    def status(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.cli("status", "--json").stdout)
+        return data
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 120.0
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if predicate(status):
+                return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"status never matched; last: {json.dumps(status)[:2000]}\n{self.log()[-4000:]}"
+                )
+            time.sleep(0.3)
+
+
+class TestAgent:
+    """An enrolled agent that runs rounds with a test-chosen update."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, coordinator: Coordinator, credentials: Credentials, root: Path) -> None:
+        self.coordinator = coordinator
+        self.credentials = credentials
+        self.cache = root / f"agent-{credentials.client_id}"
+        self.channel = mutual_tls_channel(coordinator.address, credentials)
+        self.stub = pb_grpc.EdgeServiceStub(self.channel)
+
+    @classmethod
+    async def enrolled(
+        cls, coordinator: Coordinator, root: Path, *, token: str | None = None, label: str = ""
+    ) -> TestAgent:
+        credentials = await enroll(
+            address=coordinator.enroll_address,
+            ca_certificate_pem=coordinator.ca_pem,
+            token=token or coordinator.token(),
+            label=label or f"agent-{uuid.uuid4().hex[:6]}",
+        )
+        return cls(coordinator, credentials, root)
+
+    @classmethod
+    async def many(cls, coordinator: Coordinator, root: Path, count: int) -> list[TestAgent]:
+        tokens = coordinator.tokens(count)
+        return [await cls.enrolled(coordinator, root, token=t) for t in tokens]
+
+    async def assignment(
+        self, *, timeout: float = 60.0, task: str = "digits-cnn"
+    ) -> pb.RoundAssignment:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                answer = await self.stub.CheckIn(
+                    pb.CheckInRequest(task=task, wait_seconds=2), timeout=10
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is not grpc.StatusCode.UNAVAILABLE:
+                    raise
+                await asyncio.sleep(0.5)
+                continue
+            if answer.WhichOneof("answer") == "assignment":
+                return answer.assignment
+            await asyncio.sleep(min(answer.retry_after_seconds, 1))
+        raise TimeoutError(f"agent {self.credentials.client_id} was never selected")
+
+    def session(
+        self,
+        assignment: pb.RoundAssignment,
+        compute: UpdateFn,
+        cls: type[RoundSession] = RoundSession,
+        **kwargs: Any,
+    ) -> RoundSession:
+        return cls(
+            stub=self.stub,
+            identity_key=self.credentials.identity_key,
+            assignment=assignment,
+            compute=compute,
+            cache_dir=self.cache,
+            **kwargs,
+        )
+
+    async def run_round(
+        self, compute: UpdateFn, cls: type[RoundSession] = RoundSession, **kwargs: Any
+    ) -> RoundResult:
+        assignment = await self.assignment()
+        return await self.session(assignment, compute, cls, **kwargs).run()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+__all__ = [
+    "FAST",
+    "PG_URL",
+    "Coordinator",
+    "Outcome",
+    "TestAgent",
+    "drop_postgres_schema",
+    "free_port",
+    "merged",
+    "postgres_url_for_schema",
+    "write_config",
+]

@@ -164,7 +164,7 @@ class Coordinator:
             metrics=self.metrics,
             checkin_wait=config.limits.checkin_wait,
         )
-        pb_grpc.add_EdgeServiceServicer_to_server(service, self.server)  # type: ignore[no-untyped-call]
+        pb_grpc.add_EdgeServiceServicer_to_server(service, self.server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
         host, port = _split(options.listen)

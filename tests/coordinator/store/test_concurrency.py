@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 
 from coordinator.domain import AddResult, RoundPhase
 from coordinator.errors import ErrorCode, StoreError
@@ -91,8 +92,8 @@ def test_racing_the_same_record_stores_it_once(store: SqlStore, second_store: Sq
     start_round(store, "r0", clients=3)
     for secagg_id in (1, 2):
         outcomes = race(
-            lambda i=secagg_id: store.add_advertised_keys(keys("r0", i)),
-            lambda i=secagg_id: second_store.add_advertised_keys(keys("r0", i)),
+            partial(store.add_advertised_keys, keys("r0", secagg_id)),
+            partial(second_store.add_advertised_keys, keys("r0", secagg_id)),
         )
         assert _sorted(outcomes) == _sorted([AddResult.ADDED, AddResult.DUPLICATE])
     outcomes = race(
@@ -193,7 +194,7 @@ def test_adds_racing_a_close_land_before_it_or_are_refused(
             now=at(200), deadline=at(260), dropped={},
         )  # fmt: skip
 
-    outcomes = race(*(lambda i=i: add_chunks(i) for i in results), close)
+    outcomes = race(*(partial(add_chunks, i) for i in results), close)
     assert getattr(outcomes[-1], "phase", None) is RoundPhase.CONSISTENCY_CHECK
     stored = {(c.secagg_id, c.chunk_index) for c in store.list_input_chunks("r0")}
     for secagg_id, log in results.items():

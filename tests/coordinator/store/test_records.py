@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import pytest
 
@@ -190,7 +191,7 @@ def test_shares_are_one_set_per_sender(store: SqlStore) -> None:
     assert store.add_shares("r0", 2, shares("r0", 2, [1, 3])) is AddResult.DUPLICATE  # any order
     for other_set in ([1], [1, 3, 2], [2]):  # a subset, a superset, a disjoint set
         raises_code(
-            ErrorCode.CONFLICT, lambda s=other_set: store.add_shares("r0", 2, shares("r0", 2, s))
+            ErrorCode.CONFLICT, partial(store.add_shares, "r0", 2, shares("r0", 2, other_set))
         )
     store.add_shares("r0", 1, shares("r0", 1, [2, 3]))
     assert [(s.sender, s.recipient) for s in store.list_shares("r0")] == [

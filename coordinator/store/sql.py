@@ -10,9 +10,9 @@ Every method is one transaction (``coordinator.store.session.Database``): writes
 (``SELECT ... FOR UPDATE``), so several coordinator processes can share the database.
 Rows become domain objects inside the transaction; nothing ORM-bound is returned.
 
-The round lifecycle is in ``sql_rounds``, the secure-aggregation records in
-``sql_records``; this module holds enrollment, model versions and the audit log, and
-wires the rest. Contract details beyond ``Store``'s docstrings are stated per method.
+Enrollment is in ``sql_enrollment``, the round lifecycle in ``sql_rounds``, the
+secure-aggregation records in ``sql_records``; this module holds model versions and the
+audit log, and wires the rest. Contract details beyond ``Store``'s docstrings are stated per method.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from coordinator.domain import (
     UnmaskRecord,
 )
 from coordinator.errors import ErrorCode, StoreError
-from coordinator.store import sql_records, sql_rounds
+from coordinator.store import sql_enrollment, sql_records, sql_rounds
 from coordinator.store.base import IssueCertificate, Store
 from coordinator.store.rows import (
     audit_from_row,
@@ -62,7 +62,6 @@ from coordinator.store.tables import (
     ParticipantRow,
     PhaseTimingRow,
     RoundRow,
-    TokenRow,
 )
 
 __all__ = ["SqlStore", "default_sqlite_url"]
@@ -108,19 +107,8 @@ class SqlStore(Store):
 
     def create_token(self, token: EnrollmentToken) -> None:
         """``INVALID_ARGUMENT`` for a hash that is not sha256 hex or a token already used."""
-        require_sha256("token hash", token.token_hash)
-        if token.used_at is not None or token.client_id is not None:
-            raise StoreError(ErrorCode.INVALID_ARGUMENT, "a new token cannot be used already")
         with self._db.transaction(write=True) as session:
-            if session.get(TokenRow, token.token_hash) is not None:
-                raise StoreError(ErrorCode.CONFLICT, "an enrollment token with this hash exists")
-            session.add(
-                TokenRow(
-                    token_hash=token.token_hash,
-                    created_at=token.created_at,
-                    expires_at=token.expires_at,
-                )
-            )
+            sql_enrollment.create_token(session, token)
 
     def enroll(
         self,
@@ -133,54 +121,19 @@ class SqlStore(Store):
     ) -> Client:
         """A token is expired from its ``expires_at`` on. Whatever ``issue_certificate``
         raises propagates unchanged, after the rollback."""
-        require_aware("now", now)
-        identity_key = bytes(identity_key)
         with self._db.transaction(write=True) as session:
-            token = session.scalars(
-                select(TokenRow).where(TokenRow.token_hash == token_hash).with_for_update()
-            ).one_or_none()
-            if token is None:
-                raise StoreError(ErrorCode.TOKEN_INVALID, "unknown enrollment token")
-            if token.used_at is not None or token.client_id is not None:
-                spent_by = (
-                    session.get(ClientRow, token.client_id) if token.client_id is not None else None
-                )
-                if spent_by is not None and bytes(spent_by.identity_key) == identity_key:
-                    return client_from_row(spent_by)  # a retry: the first answer was lost
-                raise StoreError(ErrorCode.TOKEN_USED, "the enrollment token was used already")
-            if now >= token.expires_at:
-                raise StoreError(
-                    ErrorCode.TOKEN_EXPIRED,
-                    f"the enrollment token expired at {token.expires_at.isoformat()}",
-                )
-            enrolled = session.scalar(
-                select(ClientRow.client_id).where(ClientRow.identity_key == identity_key)
-            )
-            if enrolled is not None:
-                raise StoreError(
-                    ErrorCode.CONFLICT,
-                    f"this identity key is already enrolled as client {enrolled}",
-                )
-            client = ClientRow(
+            return sql_enrollment.enroll(
+                session,
+                token_hash=token_hash,
                 identity_key=identity_key,
                 label=label,
-                certificate_pem=b"",
-                certificate_serial="0",
-                enrolled_at=now,
+                now=now,
+                issue_certificate=issue_certificate,
             )
-            session.add(client)
-            session.flush()  # assigns client_id
-            certificate_pem, serial = issue_certificate(client.client_id)
-            client.certificate_pem = bytes(certificate_pem)
-            client.certificate_serial = str(int(serial))
-            token.used_at = now
-            token.client_id = client.client_id
-            session.flush()
-            return client_from_row(client)
 
     def get_client(self, client_id: int) -> Client:
         with self._db.transaction(write=False) as session:
-            return client_from_row(_client(session.get(ClientRow, client_id), client_id))
+            return client_from_row(sql_enrollment.client_row(session, client_id))
 
     def list_clients(self) -> list[Client]:
         with self._db.transaction(write=False) as session:
@@ -188,16 +141,8 @@ class SqlStore(Store):
             return [client_from_row(row) for row in rows]
 
     def revoke_client(self, client_id: int, *, now: datetime) -> Client:
-        require_aware("now", now)
         with self._db.transaction(write=True) as session:
-            row = session.scalars(
-                select(ClientRow).where(ClientRow.client_id == client_id).with_for_update()
-            ).one_or_none()
-            row = _client(row, client_id)
-            if row.revoked_at is None:
-                row.revoked_at = now
-                session.flush()
-            return client_from_row(row)
+            return sql_enrollment.revoke_client(session, client_id, now=now)
 
     # --- rounds -------------------------------------------------------------------------
 
@@ -446,12 +391,6 @@ class SqlStore(Store):
                 select(AuditRow).order_by(AuditRow.at.desc(), AuditRow.event_id.desc()).limit(limit)
             ).all()
             return [audit_from_row(row) for row in rows]
-
-
-def _client(row: ClientRow | None, client_id: int) -> ClientRow:
-    if row is None:
-        raise StoreError(ErrorCode.NOT_FOUND, f"no client {client_id}")
-    return row
 
 
 def _version(row: ModelVersionRow | None, version: int) -> ModelVersionRow:

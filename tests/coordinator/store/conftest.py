@@ -56,7 +56,8 @@ def pg_server() -> str:
             connection.execute(text("SELECT 1"))
         engine.dispose()
     except Exception as error:
-        message = f"PostgreSQL at {_shown(url)} (${PG_URL_ENV}) is unreachable: {error}"
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        message = f"PostgreSQL at {_shown(url)} (${PG_URL_ENV}) is unreachable: {reason}"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)

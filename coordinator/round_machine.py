@@ -620,10 +620,12 @@ class RoundMachine:
             )
         participant = member
         queue: asyncio.Queue[RoundEvent] = asyncio.Queue()
-        active.watchers.setdefault(participant.secagg_id, set()).add(queue)
+        # Under the lock that phase changes take, so no change is both the first event
+        # and queued.
+        async with active.lock:
+            first = active.current_event(participant.secagg_id)
+            active.watchers.setdefault(participant.secagg_id, set()).add(queue)
         try:
-            async with active.lock:
-                first = active.current_event(participant.secagg_id)
             yield first
             while True:
                 event = await queue.get()

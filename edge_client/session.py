@@ -149,6 +149,7 @@ class RoundSession:
         self.deadline = time.monotonic() + 3600.0
         self.state: ClientState | None = None
         self.config: pb.RoundConfig | None = None
+        self._uploaded = False  # plain rounds: the input went up (events may repeat)
 
     # --- calls with retry ----------------------------------------------------------------
 
@@ -268,7 +269,8 @@ class RoundSession:
                 outcome = Outcome.REFUSED
             return RoundResult(self.round_id, outcome, finished.model_version, finished.reason)
         if not config.secure_aggregation:
-            if event.phase == pb.PHASE_MASKED_INPUT:
+            if event.phase == pb.PHASE_MASKED_INPUT and not self._uploaded:
+                self._uploaded = True
                 inputs = await downloads
                 encoded = await asyncio.to_thread(self._encode, inputs, layout)
                 await self._upload(config, encoded)

@@ -9,18 +9,21 @@ package, so they work from an installed wheel. A revision migrates inside one tr
 - ``current_revision(url)`` / ``head_revision()`` say where it is and where it should be;
 - ``require_head`` is ``Store.check_schema``: ``SCHEMA_OUTDATED`` naming the command.
 
-Creating a new revision (developers, from the repository root)::
+Creating a new revision (developers, from the repository root), after changing
+``coordinator.store.tables``::
 
     .venv/bin/python -c "from coordinator.store.schema import revision; \\
         revision('sqlite:////tmp/scratch.db', 'what changed')"
 
-then rename the file to ``<YYYYMMDD>_<nnnn>_<slug>.py``, review both directions, and run
-the migration test, which compares the result with ``coordinator.store.tables``.
+writes ``versions/<YYYYMMDD>_<nnnn>_what_changed.py``. Review both directions (and write
+SQLite-safe batch operations), then run the migration test, which compares the migrated
+database with ``coordinator.store.tables`` on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from alembic import command
@@ -98,16 +101,26 @@ def downgrade(url: str, revision: str) -> str | None:
     return _migrate(url, lambda config: command.downgrade(config, revision))
 
 
-def revision(url: str, message: str) -> None:
-    """Autogenerate a new revision from the difference between the database at ``url``
-    (upgraded to head first) and ``coordinator.store.tables``. For developers."""
+def revision(url: str, message: str, *, today: date | None = None) -> str:
+    """Autogenerate the next revision from the difference between the database at ``url``
+    (upgraded to head first) and ``coordinator.store.tables``; returns its revision id.
+
+    The file is ``versions/<YYYYMMDD>_<nnnn>_<slug>.py`` (``nnnn`` counts revisions), with
+    the revision id ``<YYYYMMDD>_<nnnn>``. For developers: review both directions.
+    """
     upgrade(url)
+    script = ScriptDirectory.from_config(alembic_config())
+    number = sum(1 for _ in script.walk_revisions()) + 1
+    revision_id = f"{(today or datetime.now(UTC).date()):%Y%m%d}_{number:04d}"
     database = Database(url)
     try:
         with database.write_connection() as connection:
-            command.revision(alembic_config(connection), message=message, autogenerate=True)
+            config = alembic_config(connection)
+            config.set_main_option("file_template", "%%(rev)s_%%(slug)s")
+            command.revision(config, message=message, autogenerate=True, rev_id=revision_id)
     finally:
         database.dispose()
+    return revision_id
 
 
 def require_head(database: Database) -> None:

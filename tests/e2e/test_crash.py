@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 import pytest
@@ -64,7 +64,7 @@ STEPS = [
 class GatedSession(RoundSession):
     """Waits at ``gates[phase]`` (if set for it) before sending its message for that phase."""
 
-    gates: dict[int, asyncio.Event] = {}
+    gates: ClassVar[dict[int, asyncio.Event]] = {}
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         phase = PHASE_OF_CALL.get(what)

@@ -7,7 +7,8 @@
   Each run creates its own schema ``fedadamw_test_<random>``, reached through the
   ``search_path`` connect option in the URL, migrates it once and drops it at the end;
   each test starts from emptied tables. Concurrent runs and leftovers never meet.
-  Unreachable, its tests are skipped with the URL as the reason, or fail when ``CI=true``.
+  Unreachable, its tests are skipped with the URL as the reason, or fail when ``CI=true``;
+  ``FEDADAMW_TEST_PG_URL=none`` (or empty) turns them off.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def _shown(url: str) -> str:
 def pg_server() -> str:
     """The PostgreSQL server URL, once it answered; skip (or fail under CI) if it cannot."""
     url = pg_server_url()
+    if url.strip().lower() in ("", "none", "off"):
+        pytest.skip(f"PostgreSQL tests are off (${PG_URL_ENV}={url!r})")
     try:
         engine = create_engine(url, connect_args={"connect_timeout": 5})
         with engine.connect() as connection:

@@ -68,11 +68,16 @@ def default_sqlite_url(data_dir: Path) -> str:
 
 
 def parse_url(url: str) -> URL:
-    """Parse a database URL; ``INVALID_ARGUMENT`` if it is not one this store supports."""
+    """Parse a database URL; ``INVALID_ARGUMENT`` if it is not one this store supports.
+
+    A bare ``postgresql://`` URL means psycopg 3 (``postgresql+psycopg://``).
+    """
     try:
         parsed = make_url(url)
     except exc.ArgumentError as error:
         raise StoreError(ErrorCode.INVALID_ARGUMENT, f"not a database URL: {error}") from error
+    if parsed.drivername == "postgresql":  # no driver named: the one the extra installs
+        parsed = parsed.set(drivername="postgresql+psycopg")
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
@@ -98,13 +103,13 @@ def describe_url(url: URL) -> str:
     return f"PostgreSQL database {url.database!r} at {where} as user {url.username!r}"
 
 
-def create_store_engine(url: str) -> Engine:
+def create_store_engine(url: str | URL) -> Engine:
     """An engine set up as the module docstring describes. Connects lazily.
 
     Raises ``INVALID_ARGUMENT`` for an unsupported URL and ``STORE_UNAVAILABLE`` when the
     database driver is not installed.
     """
-    parsed = parse_url(url)
+    parsed = parse_url(url) if isinstance(url, str) else url
     try:
         if parsed.get_backend_name() == "sqlite":
             engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
@@ -149,7 +154,7 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = parse_url(url)
         self.description = describe_url(self.url)
-        self.engine = create_store_engine(url)
+        self.engine = create_store_engine(self.url)
         self._write_engine = self.engine.execution_options(**{_WRITE: True})
 
     @property

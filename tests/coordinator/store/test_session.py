@@ -42,6 +42,17 @@ def test_unsupported_urls_are_refused(url: str) -> None:
     raises_code(ErrorCode.INVALID_ARGUMENT, lambda: SqlStore(url))
 
 
+def test_a_bare_postgresql_url_means_psycopg_3() -> None:
+    database = Database("postgresql://coordinator@db.internal:5433/fedadamw")
+    try:
+        assert database.engine.dialect.driver == "psycopg"
+        assert database.description == (
+            "PostgreSQL database 'fedadamw' at db.internal:5433 as user 'coordinator'"
+        )
+    finally:
+        database.dispose()
+
+
 def test_an_unreachable_database_is_unavailable_and_its_password_stays_secret() -> None:
     url = "postgresql+psycopg://fedadamw:s3cret-pw@127.0.0.1:1/coordinator?connect_timeout=3"
     store = SqlStore(url)

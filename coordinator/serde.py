@@ -8,6 +8,7 @@ from the wire check sizes and shapes before anything else sees the data, and rai
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +42,7 @@ from secure_agg import (
 __all__ = [
     "advertise_from_proto",
     "check_round_id",
+    "check_sha256",
     "event_to_proto",
     "exact",
     "phase_from_proto",
@@ -58,6 +60,7 @@ SESSION_BYTES = 32
 SHARE_BYTES = 32  # a field element of 2^255 - 19
 MAX_CIPHERTEXT_BYTES = 256
 MAX_ROUND_ID = 64
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 _PHASES = {
     RoundPhase.ADVERTISE_KEYS: pb.PHASE_ADVERTISE_KEYS,
@@ -89,6 +92,13 @@ def check_round_id(round_id: str) -> str:
     if not round_id or len(round_id) > MAX_ROUND_ID:
         raise _invalid(f"round_id must be 1 to {MAX_ROUND_ID} characters")
     return round_id
+
+
+def check_sha256(value: str) -> str:
+    """A blob name as the wire carries it: 64 lowercase hex characters."""
+    if _SHA256_HEX.fullmatch(value) is None:
+        raise _invalid("sha256 must be 64 lowercase hex characters")
+    return value
 
 
 def phase_to_proto(phase: RoundPhase) -> pb.Phase:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # no stubs here
 
 from coordinator import pki, serde
 from coordinator.active_round import ActiveRound
@@ -112,6 +113,23 @@ def _streaming(
         return handler
 
     return wrap
+
+
+async def _parsed(requests: AsyncIterator[Request]) -> AsyncIterator[Request]:
+    """A request stream's messages. gRPC parses each one as the handler reads it, so a
+    message that does not parse surfaces here: it is the caller's INVALID_ARGUMENT, not an
+    internal error."""
+    iterator = aiter(requests)
+    while True:
+        try:
+            item = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except DecodeError as exc:
+            raise CoordinatorError(
+                ErrorCode.INVALID_ARGUMENT, "a message of the stream does not parse"
+            ) from exc
+        yield item
 
 
 class EdgeService(pb_grpc.EdgeServiceServicer):
@@ -229,6 +247,7 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
         self, request: pb.DownloadRequest, context: Context
     ) -> AsyncIterator[pb.BlobChunk]:
         client_id = await self._caller(context)
+        sha256 = serde.check_sha256(request.sha256)
         active = self.machine.active
         allowed = (
             {
@@ -239,18 +258,18 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
             if active is not None and client_id in active.participants
             else set()
         )
-        if request.sha256 not in allowed:
+        if sha256 not in allowed:
             raise CoordinatorError(
                 ErrorCode.NOT_FOUND, "only the blobs of a round you take part in can be downloaded"
             )
         chunks = await asyncio.to_thread(
             lambda: iter(
                 self.blobs.iter_chunks(
-                    request.sha256, chunk_size=DOWNLOAD_CHUNK_BYTES, start_chunk=request.start_chunk
+                    sha256, chunk_size=DOWNLOAD_CHUNK_BYTES, start_chunk=request.start_chunk
                 )
             )
         )
-        total_size = await asyncio.to_thread(self.blobs.size, request.sha256)
+        total_size = await asyncio.to_thread(self.blobs.size, sha256)
         while True:
             item = await asyncio.to_thread(next, chunks, None)
             if item is None:
@@ -312,7 +331,7 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
         client_id = await self._caller(context)
         round_id = ""
         progress = None
-        async for chunk in request_iterator:
+        async for chunk in _parsed(request_iterator):
             if round_id and chunk.round_id != round_id:
                 raise CoordinatorError(
                     ErrorCode.INVALID_ARGUMENT, "one upload stream carries one round"

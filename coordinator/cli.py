@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.config import load_config
+from coordinator.datadir import database_url, open_store, prepare_data_dir
 from coordinator.domain import EnrollmentToken
 from coordinator.errors import CoordinatorError, ErrorCode
 from coordinator.logs import configure_logging
-from coordinator.server import Coordinator, ServeOptions, database_url, open_store, prepare_data_dir
 from coordinator.status import export_version, format_status, status_report
 from coordinator.store.schema import current_revision, head_revision, upgrade
 from coordinator.tokens import DEFAULT_TTL, hash_token, new_token, parse_ttl
@@ -181,6 +181,8 @@ def _run(args: argparse.Namespace) -> int:
         "local_steps": args.local_steps,
         "lr": args.lr,
     }
+    from coordinator.server import Coordinator, ServeOptions  # torch and gRPC: only to serve
+
     config = load_config(args.config, overrides)
     options = ServeOptions(
         data_dir=args.data_dir,

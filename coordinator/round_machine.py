@@ -138,6 +138,7 @@ class RoundMachine:
         self._task: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._finished_training = False
+        self._evaluations: set[asyncio.Task[None]] = set()
         self.idle = asyncio.Event()  # set when the configured rounds are all committed
 
     # --- life cycle ---------------------------------------------------------------------
@@ -159,11 +160,14 @@ class RoundMachine:
         if open_round is not None:
             await self._restore(open_round)
         if latest.test_loss is None:
-            asyncio.get_running_loop().create_task(self._evaluate(latest))
+            self._schedule_evaluation(latest)
         self._task = asyncio.create_task(self._drive(), name="round-machine")
         self._housekeeping = asyncio.create_task(self._gauges(), name="round-gauges")
 
     async def stop(self) -> None:
+        """Stop driving rounds; let evaluations of committed versions finish (up to 60 s)."""
+        if self._evaluations:
+            await asyncio.wait(self._evaluations, timeout=60)
         for task in (self._task, self._housekeeping):
             if task is not None:
                 task.cancel()
@@ -413,6 +417,7 @@ class RoundMachine:
             now=now,
             dropped=dict(closed.dropped),
         )
+        self._schedule_evaluation(new_version)
         self.metrics.clipped_values.inc(round_sums.clipped)
         self.metrics.model_version.set(new_version.version)
         log.info(
@@ -423,7 +428,6 @@ class RoundMachine:
             int(round_sums.clipped),
         )
         await self._finish(active, round_, new_version.version, None, survivors)
-        asyncio.get_running_loop().create_task(self._evaluate(new_version))
 
     async def _abort(self, active: ActiveRound, reason: str, dropped: Mapping[int, str]) -> None:
         now = self.clock()
@@ -455,6 +459,11 @@ class RoundMachine:
         await self._audit(
             "coordinator", f"round_{outcome.value}", f"{active.round_id} {reason or ''}".strip()
         )
+
+    def _schedule_evaluation(self, version: ModelVersion) -> None:
+        task = asyncio.get_running_loop().create_task(self._evaluate(version))
+        self._evaluations.add(task)
+        task.add_done_callback(self._evaluations.discard)
 
     async def _evaluate(self, version: ModelVersion) -> None:
         try:

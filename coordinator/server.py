@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from coordinator.auth import Authenticator
 from coordinator.blobs import BlobStore, InputSpool
 from coordinator.config import CoordinatorConfig
+from coordinator.datadir import open_store, prepare_data_dir
 from coordinator.errors import CoordinatorError, ErrorCode
 from coordinator.metrics import Metrics
 from coordinator.model_state import ModelState
@@ -34,14 +34,12 @@ from coordinator.pki import CertificateAuthority
 from coordinator.round_machine import RoundMachine
 from coordinator.service import EdgeService
 from coordinator.store import Store
-from coordinator.store.schema import current_revision, upgrade
-from coordinator.store.sql import SqlStore, default_sqlite_url
 from fedadamw.algorithms import get_algorithm
 from fedadamw.errors import FedAdamWError
 from fedadamw.tasks import load_task
 from fedadamw.v1 import edge_pb2_grpc as pb_grpc
 
-__all__ = ["Coordinator", "ServeOptions", "database_url", "open_store", "prepare_data_dir"]
+__all__ = ["Coordinator", "ServeOptions"]
 
 log = logging.getLogger(__name__)
 
@@ -58,36 +56,6 @@ class ServeOptions:
     db_url: str | None = None
     insecure: bool = False
     server_names: tuple[str, ...] = ()
-
-
-def prepare_data_dir(path: Path) -> Path:
-    """Create the data directory 0700 (or narrow an existing one to 0700)."""
-    path.mkdir(parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
-        os.chmod(path, 0o700)
-    return path
-
-
-def database_url(data_dir: Path, db_url: str | None) -> str:
-    return db_url or default_sqlite_url(data_dir)
-
-
-def open_store(data_dir: Path, db_url: str | None, *, create: bool = False) -> Store:
-    """The store, checked to be at the code's schema.
-
-    ``create`` builds the schema in an empty database (first start); an older schema is
-    never upgraded implicitly: the error names ``fedadamw-coordinator db upgrade``.
-    """
-    url = database_url(data_dir, db_url)
-    if create and current_revision(url) is None:
-        upgrade(url)
-    store = SqlStore(url)
-    try:
-        store.check_schema()
-    except CoordinatorError:
-        store.close()
-        raise
-    return store
 
 
 def _split(address: str) -> tuple[str, int]:

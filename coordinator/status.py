@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from coordinator.blobs import BlobStore
 from coordinator.domain import ModelVersion, ParticipantStatus, Round, RoundOutcome
 from coordinator.errors import CoordinatorError, ErrorCode
-from coordinator.round_settings import RoundSettings
 from coordinator.store import Store
-from fedadamw.errors import FedAdamWError
-from fedadamw.layout import FlatLayout
-from fedadamw.tasks import load_task
 
 __all__ = ["export_version", "format_status", "status_report"]
 
@@ -115,6 +110,12 @@ def export_version(
     store: Store, *, data_dir: Path, version: int | None, task: str | None, out: Path
 ) -> int:
     """Write a model version as a torch state dict; returns the version written."""
+    import torch  # the other admin commands start without torch
+
+    from fedadamw.errors import FedAdamWError
+    from fedadamw.layout import FlatLayout
+    from fedadamw.tasks import load_task
+
     chosen = store.latest_version() if version is None else store.get_version(version)
     if chosen is None:
         raise CoordinatorError(ErrorCode.NOT_FOUND, "there is no model version yet")
@@ -124,7 +125,7 @@ def export_version(
             raise CoordinatorError(
                 ErrorCode.INVALID_ARGUMENT, "no round recorded the task yet: give --task"
             )
-        task = RoundSettings.from_json(rounds[0].config).task
+        task = str(json.loads(rounds[0].config)["task"])  # RoundSettings JSON
     try:
         model = load_task(task).build_model(seed=0)
     except FedAdamWError as exc:

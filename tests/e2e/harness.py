@@ -199,7 +199,7 @@ class Coordinator:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=90)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

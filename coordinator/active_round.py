@@ -20,7 +20,7 @@ import numpy as np
 
 from coordinator.aggregation import Aggregation, PlainAggregation, SecureAggregation
 from coordinator.blobs import InputSpool
-from coordinator.domain import Participant, ParticipantStatus, Round, RoundOutcome, RoundPhase
+from coordinator.domain import Participant, Round, RoundOutcome, RoundPhase
 from coordinator.errors import CoordinatorError, ErrorCode
 from coordinator.round_settings import PHASE_ORDER, RoundSettings
 from coordinator.store import Store
@@ -39,13 +39,6 @@ from secure_agg import (
 )
 
 __all__ = ["ActiveRound", "RoundEvent", "input_messages", "replay"]
-
-_COMPLETE_STATUSES = {
-    ParticipantStatus.UPLOADED,
-    ParticipantStatus.SIGNED,
-    ParticipantStatus.UNMASKED,
-}
-
 
 @dataclass(frozen=True)
 class RoundEvent:
@@ -202,11 +195,7 @@ def _phase_messages(
         ]
     elif phase is RoundPhase.MASKED_INPUT:
         for p in participants:
-            complete = p.status in _COMPLETE_STATUSES or (
-                p.status is ParticipantStatus.DROPPED
-                and p.dropped_in in {RoundPhase.CONSISTENCY_CHECK, RoundPhase.UNMASKING}
-            )
-            if complete:
+            if p.input_complete:
                 messages += input_messages(settings, spool, p.secagg_id, session_id)
     elif phase is RoundPhase.CONSISTENCY_CHECK and settings.secure:
         messages += [

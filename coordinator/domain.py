@@ -144,7 +144,9 @@ class Round:
 
 @dataclass(frozen=True)
 class Participant:
-    """A client selected into a round. ``dropped_in``/``drop_reason`` are set once dropped."""
+    """A client selected into a round. ``dropped_in``/``drop_reason`` are set once dropped;
+    ``input_complete`` once its whole masked input is durable (it stays set if the client
+    drops later: its input is in the sum)."""
 
     round_id: str
     client_id: int
@@ -152,6 +154,7 @@ class Participant:
     status: ParticipantStatus = ParticipantStatus.SELECTED
     dropped_in: RoundPhase | None = None
     drop_reason: str | None = None
+    input_complete: bool = False
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,7 @@ def participant_from_row(row: ParticipantRow) -> Participant:
         status=row.status,
         dropped_in=row.dropped_in,
         drop_reason=row.drop_reason,
+        input_complete=row.input_complete,
     )
 
 

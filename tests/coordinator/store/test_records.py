@@ -235,8 +235,12 @@ def test_input_chunks_are_receipts_by_index(store: SqlStore) -> None:
 def test_a_complete_input_takes_no_new_chunk(store: SqlStore) -> None:
     _in_phase(store, RoundPhase.MASKED_INPUT)
     store.add_input_chunk(chunk("r0", 1, 0))
+    assert not store.get_participant(
+        "r0", store.list_participants("r0")[0].client_id
+    ).input_complete
     assert store.mark_input_complete("r0", 1) is AddResult.ADDED
     assert store.mark_input_complete("r0", 1) is AddResult.DUPLICATE
+    assert [p.input_complete for p in store.list_participants("r0")][:2] == [True, False]
     assert store.add_input_chunk(chunk("r0", 1, 0)) is AddResult.DUPLICATE
     raises_code(ErrorCode.CONFLICT, lambda: store.add_input_chunk(chunk("r0", 1, 1)))
     raises_code(ErrorCode.CONFLICT, lambda: store.add_input_chunk(chunk("r0", 1, 0, variant="x")))

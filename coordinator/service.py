@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # no stubs here
 
 from coordinator import pki, serde
@@ -115,6 +117,17 @@ def _streaming(
     return wrap
 
 
+def _certifies(certificate_pem: bytes, csr_der: bytes) -> bool:
+    """Whether the certificate carries the key of the certificate request."""
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        requested = x509.load_der_x509_csr(csr_der).public_key().public_bytes(*spki)
+    except (ValueError, TypeError):
+        return False
+    issued = x509.load_pem_x509_certificate(certificate_pem).public_key().public_bytes(*spki)
+    return issued == requested
+
+
 async def _parsed(requests: AsyncIterator[Request]) -> AsyncIterator[Request]:
     """A request stream's messages. gRPC parses each one as the handler reads it, so a
     message that does not parse surfaces here: it is the caller's INVALID_ARGUMENT, not an
@@ -190,9 +203,12 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
         pki.verify_enrollment_signature(identity, request.token, request.csr_der, request.signature)
         ca = self.ca
         csr = bytes(request.csr_der)
+        issued: list[int] = []
 
         def issue(client_id: int) -> tuple[bytes, int]:
-            return ca.issue_client_certificate(csr_der=csr, client_id=client_id)
+            certificate = ca.issue_client_certificate(csr_der=csr, client_id=client_id)
+            issued.append(client_id)
+            return certificate
 
         client = await asyncio.to_thread(
             self.store.enroll,
@@ -202,16 +218,27 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
             now=datetime.now(UTC),
             issue_certificate=issue,
         )
-        await asyncio.to_thread(
-            self.store.audit,
-            AuditEvent(
-                at=datetime.now(UTC),
-                actor=f"client:{client.client_id}",
-                action="enrolled",
-                detail=request.label,
-            ),
-        )
-        log.info("client %d enrolled (%s)", client.client_id, request.label or "no label")
+        if not issued:
+            # The store answered a retry (same token, same identity key) with the certificate
+            # of the first request; it is of no use to an agent that now holds another key.
+            if not _certifies(client.certificate_pem, csr):
+                raise CoordinatorError(
+                    ErrorCode.CONFLICT,
+                    f"this token already enrolled this identity key as client {client.client_id} "
+                    "with another TLS key; send the first certificate request again",
+                )
+            log.info("client %d repeated its enrollment", client.client_id)
+        else:
+            await asyncio.to_thread(
+                self.store.audit,
+                AuditEvent(
+                    at=datetime.now(UTC),
+                    actor=f"client:{client.client_id}",
+                    action="enrolled",
+                    detail=request.label,
+                ),
+            )
+            log.info("client %d enrolled (%s)", client.client_id, request.label or "no label")
         return pb.EnrollResponse(
             client_id=client.client_id,
             certificate_pem=client.certificate_pem,

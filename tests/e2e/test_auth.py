@@ -99,9 +99,9 @@ def _agent_channel(cluster: Cluster, credentials: Credentials) -> grpc.aio.Chann
     )
 
 
-async def _heartbeat(channel: grpc.aio.Channel, **kwargs: object) -> pb.HeartbeatResponse:
+async def _heartbeat(channel: grpc.aio.Channel) -> pb.HeartbeatResponse:
     stub = pb_grpc.EdgeServiceStub(channel)
-    return await stub.Heartbeat(pb.HeartbeatRequest(), timeout=10, **kwargs)  # type: ignore[no-any-return]
+    return await stub.Heartbeat(pb.HeartbeatRequest(), timeout=10)
 
 
 # --- certificates -----------------------------------------------------------------------------
@@ -263,7 +263,7 @@ def test_enrollment_tokens_are_single_use_expiring_and_bound_to_the_signer(
             stub = pb_grpc.EdgeServiceStub(channel)
 
             async def enroll_with(request: pb.EnrollRequest) -> pb.EnrollResponse:
-                return await stub.Enroll(request, timeout=10)  # type: ignore[no-any-return]
+                return await stub.Enroll(request, timeout=10)
 
             alice, bob, carol, mallory = (Ed25519PrivateKey.generate() for _ in range(4))
             request = enroll_request(first, identity=alice)

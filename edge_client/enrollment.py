@@ -32,6 +32,7 @@ __all__ = [
     "ENROLL_SIGNATURE_CONTEXT",
     "Credentials",
     "enroll",
+    "enroll_insecure",
     "enrollment_payload",
     "mutual_tls_channel",
 ]
@@ -100,6 +101,35 @@ async def enroll(
         ),
         certificate_pem=bytes(response.certificate_pem),
         ca_certificate_pem=bytes(response.ca_certificate_pem) or ca_certificate_pem,
+    )
+
+
+async def enroll_insecure(
+    *, address: str, token: str, label: str = "", timeout: float = 30.0
+) -> Credentials:
+    """Enroll with a coordinator that runs ``--insecure`` (no TLS; loopback development).
+
+    The agent still makes its identity key; there is no certificate, and the coordinator
+    takes the client id from request metadata, which nothing authenticates.
+    """
+    identity = Ed25519PrivateKey.generate()
+    request = pb.EnrollRequest(
+        token=token,
+        identity_key=identity.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        ),
+        csr_der=b"",
+        signature=identity.sign(enrollment_payload(token, b"")),
+        label=label,
+    )
+    async with grpc.aio.insecure_channel(address) as channel:
+        response = await pb_grpc.EdgeServiceStub(channel).Enroll(request, timeout=timeout)
+    return Credentials(
+        client_id=response.client_id,
+        identity_key=identity,
+        tls_key_pem=b"",
+        certificate_pem=b"",
+        ca_certificate_pem=b"",
     )
 
 

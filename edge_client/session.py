@@ -150,6 +150,8 @@ class RoundSession:
         self.state: ClientState | None = None
         self.config: pb.RoundConfig | None = None
         self._uploaded = False  # plain rounds: the input went up (events may repeat)
+        self._left = False  # the coordinator was told we leave the round
+        self.phase: pb.Phase = pb.PHASE_ADVERTISE_KEYS  # the phase of the latest event
 
     # --- calls with retry ----------------------------------------------------------------
 
@@ -173,10 +175,13 @@ class RoundSession:
     # --- the round ----------------------------------------------------------------------
 
     async def run(self) -> RoundResult:
+        """Drive the round to its end; never raises for a round that went wrong."""
         try:
             return await self._run()
         except SessionError as exc:
             log.info("round %s: %s (%s)", self.round_id, exc.outcome.value, exc.reason)
+            if exc.outcome is Outcome.REFUSED and not self._left:
+                await self.leave("cancelled")
             return RoundResult(self.round_id, exc.outcome, reason=exc.reason)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
@@ -260,6 +265,7 @@ class RoundSession:
         layout: SegmentLayout,
         downloads: asyncio.Future[RoundInputs],
     ) -> RoundResult | None:
+        self.phase = event.phase
         if event.WhichOneof("event") == "finished":
             finished = event.finished
             outcome = (
@@ -293,7 +299,7 @@ class RoundSession:
         self.state = step.state
         outgoing = step.message
         if isinstance(outgoing, ClientAbort):
-            await self._abort(outgoing, event.phase)
+            await self.leave(outgoing.reason.value)
             raise SessionError(
                 Outcome.REFUSED, f"secure aggregation refused the round: {outgoing.reason.value}"
             )
@@ -322,10 +328,11 @@ class RoundSession:
             await self._upload(config, np.asarray(masked.values))
         return None
 
-    async def _abort(self, message: ClientAbort, phase: pb.Phase) -> None:
-        request = pb.AbortRoundRequest(
-            round_id=self.round_id, phase=phase, reason=message.reason.value
-        )
+    async def leave(self, reason: str) -> None:
+        """Tell the coordinator this agent leaves the round (best effort), so that it need
+        not wait for the phase deadline. ``reason`` is a ``secure_agg.AbortReason`` value."""
+        self._left = True
+        request = pb.AbortRoundRequest(round_id=self.round_id, phase=self.phase, reason=reason)
         try:
             await self.stub.AbortRound(request, metadata=self.metadata, timeout=10)
         except grpc.aio.AioRpcError as exc:
@@ -337,8 +344,11 @@ class RoundSession:
 
     def _encode(self, inputs: RoundInputs, layout: SegmentLayout) -> np.ndarray:
         started = time.perf_counter()
-        values = dict(self.compute(inputs))
-        encoded = encode(layout, values)
+        try:
+            values = dict(self.compute(inputs))
+            encoded = encode(layout, values)
+        except Exception as exc:  # the device's own failure: leave the round, keep the agent
+            raise SessionError(Outcome.REFUSED, f"the update was not computed: {exc}") from exc
         log.info(
             "round %s: update computed and quantized in %.1fs",
             self.round_id,

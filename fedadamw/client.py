@@ -88,8 +88,17 @@ class LocalTrainer:
         self.device = device
         self._params = [p for p in self.model.parameters() if p.requires_grad]
 
-    def train(self, plan: RoundPlan, batches: Iterator[Batch]) -> ClientUpdate:
+    def train(
+        self,
+        plan: RoundPlan,
+        batches: Iterator[Batch],
+        *,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> ClientUpdate:
         """Run ``plan.local_steps`` steps on ``batches`` and return the update.
+
+        ``on_step(done, total)`` is called after each step (for progress); an exception it
+        raises stops the training and propagates.
 
         Raises:
             InvalidArgumentError: the plan needs a block partition this trainer lacks, or the
@@ -122,6 +131,8 @@ class LocalTrainer:
             optimizer.step()
             total_loss += loss.detach()
             samples += int(targets.shape[0])
+            if on_step is not None:
+                on_step(step + 1, plan.local_steps)
         mean_loss = float(total_loss.item()) / plan.local_steps
         if not math.isfinite(mean_loss):
             raise DivergedError(

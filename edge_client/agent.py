@@ -1,0 +1,272 @@
+"""The agent's long-running loop: check in, take part in rounds, survive everything else.
+
+The loop checks in (a long poll); when a round selects it, it runs the round with a
+``RoundSession`` and the device's ``LocalTraining``, records how the round ended in the
+state directory, and checks in again. It keeps running through:
+
+- **an unreachable coordinator** (down, restarting, network gone): exponential backoff with
+  full jitter between 1 s and 60 s, then it resumes checking in;
+- **its own restart mid-round**: the round's keys lived in memory only, so the coordinator
+  counts the agent as dropped; the agent simply checks in again with fresh keys next round;
+- **rounds it must refuse** (its limits, below): it tells the coordinator at once
+  (``AbortRound``) and keeps running.
+
+Limits: a round is refused when its model is larger than ``max_model_bytes``, when secure
+aggregation is off (unless ``allow_plain``), when the secure-aggregation threshold is below
+``min_threshold``, or when it trains a task other than this agent's.
+
+``stop`` (set on SIGTERM or SIGINT) ends the loop: a check-in is abandoned at once; a round
+is abandoned at the next local step or message, with an ``AbortRound`` to the coordinator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_client import metrics as agent_metrics
+from edge_client.enrollment import mutual_tls_channel
+from edge_client.session import Outcome, RoundResult, RoundSession, SessionError
+from edge_client.state import LastRound, StateDir
+from edge_client.training import LocalTraining
+from fedadamw.v1 import edge_pb2 as pb
+from fedadamw.v1 import edge_pb2_grpc as pb_grpc
+
+__all__ = ["AGENT_VERSION", "Agent", "Backoff", "Limits"]
+
+log = logging.getLogger(__name__)
+
+AGENT_VERSION = "fedadamw-edge/0.1"
+INSECURE_CLIENT_HEADER = "fedadamw-client-id"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_model_bytes: int = 256 << 20
+    min_threshold: int = 2
+    allow_plain: bool = False
+
+
+class Backoff:
+    """Exponential backoff with full jitter: a delay in [0, min(cap, base·2^attempt)]."""
+
+    def __init__(
+        self, *, base: float = 1.0, cap: float = 60.0, rng: random.Random | None = None
+    ) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+        self.rng = rng or random.Random()
+
+    def next(self) -> float:
+        ceiling = min(self.cap, self.base * 2**self.attempt)
+        self.attempt += 1
+        return max(0.1, self.rng.uniform(0, ceiling))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Agent:
+    """An enrolled agent that trains ``training``'s task on its own data."""
+
+    def __init__(
+        self,
+        *,
+        state: StateDir,
+        training: LocalTraining,
+        limits: Limits,
+        metrics: agent_metrics.AgentMetrics | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        self.state = state
+        self.training = training
+        self.limits = limits
+        self.metrics = metrics
+        self.progress = progress
+        self.stop = asyncio.Event()
+        self.rounds = 0
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self.training.stop.set()
+
+    def check_config(self, config: pb.RoundConfig) -> None:
+        """Refuse a round that breaks this agent's limits (raises SessionError)."""
+        problems = []
+        if config.task != self.training.task.name:
+            problems.append(
+                f"it trains task {config.task!r}, this agent {self.training.task.name!r}"
+            )
+        if config.model.size > self.limits.max_model_bytes:
+            problems.append(
+                f"its model is {config.model.size} bytes, over --max-model-bytes "
+                f"{self.limits.max_model_bytes}"
+            )
+        if not config.secure_aggregation and not self.limits.allow_plain:
+            problems.append("it runs without secure aggregation (allow with --allow-plain)")
+        if config.secure_aggregation:
+            try:
+                threshold = int(json.loads(config.secagg_session_json)["params"]["threshold"])
+            except (KeyError, TypeError, ValueError):
+                threshold = 0
+            if threshold < self.limits.min_threshold:
+                problems.append(
+                    f"its secure-aggregation threshold {threshold} is below --min-threshold "
+                    f"{self.limits.min_threshold}"
+                )
+        if problems:
+            raise SessionError(Outcome.REFUSED, "; ".join(problems))
+
+    async def run(self) -> int:
+        """Run until ``stop``; returns the process exit code."""
+        credentials = self.state.credentials()
+        info = self.state.info()
+        if info.insecure:
+            channel = grpc.aio.insecure_channel(info.coordinator)
+            metadata: tuple[tuple[str, str], ...] = ((INSECURE_CLIENT_HEADER, str(info.client_id)),)
+        else:
+            channel = mutual_tls_channel(info.coordinator, credentials)
+            metadata = ()
+        stub = pb_grpc.EdgeServiceStub(channel)
+        backoff = Backoff()
+        log.info(
+            "agent %d: training %s on %s; coordinator %s",
+            info.client_id,
+            self.training.task.name,
+            self.training.device,
+            info.coordinator,
+        )
+        try:
+            while not self.stop.is_set():
+                request = pb.CheckInRequest(
+                    task=self.training.task.name, agent_version=AGENT_VERSION, wait_seconds=20
+                )
+                try:
+                    answer = await self._until_stop(
+                        stub.CheckIn(request, metadata=metadata, timeout=40)
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in {
+                        grpc.StatusCode.UNAUTHENTICATED,
+                        grpc.StatusCode.PERMISSION_DENIED,
+                    }:
+                        log.error("the coordinator refuses this agent: %s", exc.details())
+                        return 3
+                    delay = backoff.next()
+                    self._connected(False)
+                    log.warning(
+                        "coordinator %s unreachable (%s); retrying in %.1fs",
+                        info.coordinator,
+                        exc.code().name,
+                        delay,
+                    )
+                    await self._sleep(delay)
+                    continue
+                if answer is None:
+                    break
+                backoff.reset()
+                self._connected(True)
+                if answer.WhichOneof("answer") == "assignment":
+                    await self._round(stub, answer.assignment, credentials.identity_key, metadata)
+                else:
+                    await self._sleep(min(float(answer.retry_after_seconds or 1), 60.0))
+        finally:
+            await channel.close()
+        log.info("agent %d stopped after %d rounds", info.client_id, self.rounds)
+        return 0
+
+    async def _until_stop(self, call: Awaitable[pb.CheckInResponse]) -> pb.CheckInResponse | None:
+        """Await ``call`` unless ``stop`` comes first (then cancel it and return None)."""
+        task = asyncio.ensure_future(call)
+        stopper = asyncio.ensure_future(self.stop.wait())
+        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if task in done:
+            result: pb.CheckInResponse = task.result()
+            return result
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await task
+        return None
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), timeout=seconds)
+
+    def _connected(self, up: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.connected.set(1 if up else 0)
+
+    async def _round(
+        self,
+        stub: pb_grpc.EdgeServiceStub,
+        assignment: pb.RoundAssignment,
+        identity_key: Ed25519PrivateKey,
+        metadata: tuple[tuple[str, str], ...],
+    ) -> None:
+        log.info("selected for round %s", assignment.round_id)
+        session = RoundSession(
+            stub=stub,
+            identity_key=identity_key,
+            assignment=assignment,
+            compute=self.training,
+            cache_dir=self.state.cache,
+            check_config=self.check_config,
+            metadata=metadata,
+            progress=self.progress,
+        )
+        started = asyncio.get_running_loop().time()
+        task = asyncio.ensure_future(session.run())
+        stopper = asyncio.ensure_future(self.stop.wait())
+        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if task in done:
+            result = task.result()
+        else:
+            result = await self._abandon(session, task)
+        self.rounds += 1
+        elapsed = asyncio.get_running_loop().time() - started
+        if self.metrics is not None:
+            self.metrics.rounds.labels(result.outcome.value).inc()
+            self.metrics.round_seconds.observe(elapsed)
+        log.info(
+            "round %s: %s%s in %.1fs",
+            result.round_id,
+            result.outcome.value,
+            f" (model version {result.model_version})" if result.model_version else "",
+            elapsed,
+        )
+        if result.reason:
+            log.info("round %s: %s", result.round_id, result.reason)
+        self.state.save_last_round(
+            LastRound(
+                round_id=result.round_id,
+                outcome=result.outcome.value,
+                model_version=result.model_version,
+                reason=result.reason,
+                finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            )
+        )
+
+    async def _abandon(
+        self, session: RoundSession, task: asyncio.Future[RoundResult]
+    ) -> RoundResult:
+        """Stop the round on shutdown: let the training step finish, then tell the coordinator."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout=2.0)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await session.leave("cancelled")
+        return RoundResult(session.round_id, Outcome.REFUSED, reason="the agent is shutting down")

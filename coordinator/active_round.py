@@ -40,6 +40,7 @@ from secure_agg import (
 
 __all__ = ["ActiveRound", "RoundEvent", "input_messages", "replay"]
 
+
 @dataclass(frozen=True)
 class RoundEvent:
     """What a watching agent is told: a phase opened (with its message for that agent, if
@@ -69,6 +70,7 @@ class ActiveRound:
     receipts: dict[int, dict[int, str]] = field(default_factory=dict)  # secagg → chunk → sha256
     complete: set[int] = field(default_factory=set)  # secagg ids whose input is summed
     failure: str | None = None  # set when the round must abort (e.g. a store failure)
+    upload_locks: dict[int, asyncio.Lock] = field(default_factory=dict)
 
     @property
     def round_id(self) -> str:
@@ -82,6 +84,10 @@ class ActiveRound:
     def secagg_ids(self) -> dict[int, int]:
         """Client id → secagg id."""
         return {c: p.secagg_id for c, p in self.participants.items()}
+
+    def upload_lock(self, secagg_id: int) -> asyncio.Lock:
+        """Serializes one participant's chunk writes (a retry racing its original)."""
+        return self.upload_locks.setdefault(secagg_id, asyncio.Lock())
 
     def update_ready(self) -> None:
         if self.failure is not None or not self.aggregation.pending:

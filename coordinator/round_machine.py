@@ -239,6 +239,8 @@ class RoundMachine:
         first = None
         while True:
             waiting = [c for c, f in self._waiting.items() if not f.done()]
+            if len(waiting) >= self.config.min_clients:
+                waiting = await self._not_revoked(waiting)
             now = time.monotonic()
             if waiting and first is None:
                 first = now
@@ -254,6 +256,16 @@ class RoundMachine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._waiters_changed.wait(), timeout=1.0)
         return self.rng.sample(waiting, min(len(waiting), self.config.selected))
+
+    async def _not_revoked(self, waiting: list[int]) -> list[int]:
+        """Drop revoked clients from the waiting ones (revoked while they waited)."""
+        clients = await asyncio.to_thread(self.store.list_clients)
+        revoked = {c.client_id for c in clients if c.revoked}
+        for client_id in revoked.intersection(waiting):
+            future = self._waiting.get(client_id)
+            if future is not None and not future.done():
+                future.set_result(RetryAfter(60, "revoked"))
+        return [c for c in waiting if c not in revoked]
 
     async def _open_round(self, cohort: list[int], version: ModelVersion) -> ActiveRound:
         now = self.clock()
@@ -724,6 +736,23 @@ class RoundMachine:
             )
         secagg = participant.secagg_id
         digest = hashlib.sha256(data).hexdigest()
+        async with active.upload_lock(secagg):
+            await self._stage_chunk(active, secagg, chunk_index, digest, data)
+        if (
+            len(active.receipts.get(secagg, {})) == settings.total_chunks
+            and secagg not in active.complete
+        ):
+            await self._complete_input(active, participant)
+        return self.upload_progress(client_id, round_id)
+
+    async def _stage_chunk(
+        self, active: ActiveRound, secagg: int, chunk_index: int, digest: str, data: bytes
+    ) -> None:
+        """Write one chunk to the spool, durably, and store its receipt (under the
+        participant's upload lock: a chunk is checked, written and recorded as one step)."""
+        settings = active.settings
+        itemsize = settings.layout.dtype.itemsize
+        round_id = active.round_id
         receipts = active.receipts.setdefault(secagg, {})
         known = receipts.get(chunk_index)
         if known is not None and known != digest:
@@ -743,9 +772,6 @@ class RoundMachine:
             )
             receipts[chunk_index] = digest
             self.metrics.received_bytes.labels("masked_input").inc(len(data))
-        if len(receipts) == settings.total_chunks and secagg not in active.complete:
-            await self._complete_input(active, participant)
-        return self.upload_progress(client_id, round_id)
 
     async def _complete_input(self, active: ActiveRound, participant: Participant) -> None:
         async with active.lock:

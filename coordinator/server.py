@@ -143,7 +143,7 @@ class Coordinator:
                 "traffic and claim any client id. Use this on loopback for development only."
             )
             self.ports["listen"] = self.server.add_insecure_port(options.listen)
-            self.ports["enroll"] = self.ports["listen"]
+            self.ports["enroll"] = self.server.add_insecure_port(enroll)
         else:
             mutual = grpc.ssl_server_credentials(
                 [(ca.server_key_pem, ca.server_certificate_pem)],

@@ -191,10 +191,6 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
 
     @_unary("Enroll")
     async def Enroll(self, request: pb.EnrollRequest, context: Context) -> pb.EnrollResponse:
-        if self.ca is None:
-            raise CoordinatorError(
-                ErrorCode.INVALID_ARGUMENT, "this coordinator runs without TLS; enroll is off"
-            )
         if not 0 < len(request.token) <= MAX_TOKEN or len(request.label) > MAX_LABEL:
             raise CoordinatorError(ErrorCode.INVALID_ARGUMENT, "token or label has a bad length")
         if len(request.csr_der) > MAX_CSR:
@@ -206,9 +202,10 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
         issued: list[int] = []
 
         def issue(client_id: int) -> tuple[bytes, int]:
-            certificate = ca.issue_client_certificate(csr_der=csr, client_id=client_id)
             issued.append(client_id)
-            return certificate
+            if ca is None:  # --insecure: no TLS, so no certificate to issue
+                return b"", 0
+            return ca.issue_client_certificate(csr_der=csr, client_id=client_id)
 
         client = await asyncio.to_thread(
             self.store.enroll,
@@ -221,7 +218,7 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
         if not issued:
             # The store answered a retry (same token, same identity key) with the certificate
             # of the first request; it is of no use to an agent that now holds another key.
-            if not _certifies(client.certificate_pem, csr):
+            if ca is not None and not _certifies(client.certificate_pem, csr):
                 raise CoordinatorError(
                     ErrorCode.CONFLICT,
                     f"this token already enrolled this identity key as client {client.client_id} "
@@ -242,7 +239,7 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
         return pb.EnrollResponse(
             client_id=client.client_id,
             certificate_pem=client.certificate_pem,
-            ca_certificate_pem=ca.ca_certificate_pem,
+            ca_certificate_pem=ca.ca_certificate_pem if ca is not None else b"",
         )
 
     # --- rounds -------------------------------------------------------------------------

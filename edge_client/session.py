@@ -74,7 +74,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DOWNLOAD_CHUNK_BYTES = 1 << 20  # the coordinator streams blobs in chunks of this size
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+# Worth trying again: the coordinator is away, slow, or asks us to slow down (rate limit).
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 
 class Outcome(enum.StrEnum):

@@ -71,6 +71,7 @@ class ActiveRound:
     complete: set[int] = field(default_factory=set)  # secagg ids whose input is summed
     failure: str | None = None  # set when the round must abort (e.g. a store failure)
     upload_locks: dict[int, asyncio.Lock] = field(default_factory=dict)
+    finished: RoundEvent | None = None  # how the round ended, once it has
 
     @property
     def round_id(self) -> str:

@@ -465,6 +465,7 @@ class RoundMachine:
             model_version=version,
             reason=reason,
         )
+        active.finished = event
         active.broadcast(dict.fromkeys(active.secagg_ids.values(), event))
         self.active = None
         await asyncio.to_thread(self.spool.remove_round, active.round_id)
@@ -644,8 +645,13 @@ class RoundMachine:
         # Under the lock that phase changes take, so no change is both the first event
         # and queued.
         async with active.lock:
-            first = active.current_event(participant.secagg_id)
-            active.watchers.setdefault(participant.secagg_id, set()).add(queue)
+            ended = active.finished  # it may have ended while we waited for the lock
+            if ended is None:
+                first = active.current_event(participant.secagg_id)
+                active.watchers.setdefault(participant.secagg_id, set()).add(queue)
+        if ended is not None:
+            yield ended
+            return
         try:
             yield first
             while True:

@@ -33,7 +33,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 import numpy as np
@@ -246,12 +246,14 @@ class RoundSession:
                 pb.RoundRef(round_id=self.round_id), metadata=self.metadata
             )
             try:
-                async for event in stream:
+                while True:
+                    event = await self._next_event(stream)
+                    if event is None:
+                        return
                     delay = 0.2
                     yield event
                     if event.WhichOneof("event") == "finished":
                         return
-                return
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RETRYABLE or time.monotonic() > self.deadline:
                     raise
@@ -262,6 +264,23 @@ class RoundSession:
                 delay = min(delay * 2, 10.0)
             finally:
                 stream.cancel()
+
+    async def _next_event(
+        self, stream: grpc.aio.UnaryStreamCall[Any, pb.RoundEvent]
+    ) -> pb.RoundEvent | None:
+        """The next event, or None at the end of the stream; gives up past the deadline."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise SessionError(Outcome.ABORTED, "the round outlived its deadlines")
+        try:
+            event = await asyncio.wait_for(stream.read(), timeout=remaining)
+        except TimeoutError as exc:
+            raise SessionError(
+                Outcome.ABORTED, "no word from the coordinator before the round's deadline"
+            ) from exc
+        if event is grpc.aio.EOF:
+            return None
+        return cast(pb.RoundEvent, event)
 
     async def _on_event(
         self,

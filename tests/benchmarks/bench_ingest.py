@@ -438,8 +438,8 @@ def measure(
         results, enroll_s = asyncio.run(
             _run_agents(coordinator, root, n=n, task=task, session_cls=cls, compute=update.compute)
         )
-        rss_peak = _proc_kib(pid, "VmHWM")
         sampler.finish()
+        rss_peak = _proc_kib(pid, "VmHWM")
         bad = [r for r in results if r.outcome is not Outcome.COMMITTED]
         if bad:
             raise RuntimeError(

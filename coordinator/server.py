@@ -32,12 +32,11 @@ from coordinator.metrics import Metrics
 from coordinator.model_state import ModelState
 from coordinator.pki import CertificateAuthority
 from coordinator.round_machine import RoundMachine
-from coordinator.service import EdgeService
+from coordinator.service import EdgeService, add_to_server
 from coordinator.store import Store
 from fedadamw.algorithms import get_algorithm
 from fedadamw.errors import FedAdamWError
 from fedadamw.tasks import load_task
-from fedadamw.v1 import edge_pb2_grpc as pb_grpc
 
 __all__ = ["Coordinator", "ServeOptions"]
 
@@ -132,7 +131,7 @@ class Coordinator:
             metrics=self.metrics,
             checkin_wait=config.limits.checkin_wait,
         )
-        pb_grpc.add_EdgeServiceServicer_to_server(service, self.server)
+        add_to_server(service, self.server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
         host, port = _split(options.listen)

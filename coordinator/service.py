@@ -13,13 +13,14 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # no stubs here
+from google.protobuf.message import DecodeError, Message
 
 from coordinator import pki, serde
 from coordinator.active_round import ActiveRound
@@ -36,7 +37,7 @@ from fedadamw.v1 import edge_pb2 as pb
 from fedadamw.v1 import edge_pb2_grpc as pb_grpc
 from secure_agg import ClientMessage
 
-__all__ = ["DOWNLOAD_CHUNK_BYTES", "EdgeService"]
+__all__ = ["DOWNLOAD_CHUNK_BYTES", "EdgeService", "Unparseable", "add_to_server"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def _unary(
         async def handler(self: EdgeService, request: Request, context: Context) -> Response:
             started = time.perf_counter()
             try:
+                _refuse_unparseable(request)
                 response = await fn(self, request, context)
             except CoordinatorError as exc:
                 await self._refuse(method, context, exc, started)
@@ -98,6 +100,7 @@ def _streaming(
         ) -> AsyncIterator[Response]:
             started = time.perf_counter()
             try:
+                _refuse_unparseable(request)
                 async for item in fn(self, request, context):
                     yield item
             except CoordinatorError as exc:
@@ -128,6 +131,53 @@ def _certifies(certificate_pem: bytes, csr_der: bytes) -> bool:
     return issued == requested
 
 
+@dataclass(frozen=True)
+class Unparseable:
+    """A request whose bytes do not parse as the method's message (see ``add_to_server``)."""
+
+    problem: str
+
+
+def _refuse_unparseable(request: object) -> None:
+    if isinstance(request, Unparseable):
+        raise CoordinatorError(ErrorCode.INVALID_ARGUMENT, request.problem)
+
+
+def _tolerant(message: type[Message]) -> Callable[[bytes], object]:
+    def parse(data: bytes) -> object:
+        try:
+            return message.FromString(data)
+        except DecodeError as exc:
+            return Unparseable(f"the request is not a {message.DESCRIPTOR.name}: {exc}")
+
+    return parse
+
+
+def add_to_server(service: EdgeService, server: grpc.aio.Server) -> None:
+    """Register ``service`` like the generated ``add_EdgeServiceServicer_to_server``, but
+    with parsers that hand garbage to the service as ``Unparseable``: it then gets
+    INVALID_ARGUMENT and a count in the metrics, not gRPC's UNKNOWN and a traceback."""
+    descriptor = pb.DESCRIPTOR.services_by_name["EdgeService"]
+    handlers = {}
+    for method in descriptor.methods:
+        request = getattr(pb, method.input_type.name)
+        response = getattr(pb, method.output_type.name)
+        kind = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = kind(
+            getattr(service, method.name),
+            request_deserializer=_tolerant(request),
+            response_serializer=response.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
+    )
+
+
 async def _parsed(requests: AsyncIterator[Request]) -> AsyncIterator[Request]:
     """A request stream's messages. gRPC parses each one as the handler reads it, so a
     message that does not parse surfaces here: it is the caller's INVALID_ARGUMENT, not an
@@ -142,6 +192,7 @@ async def _parsed(requests: AsyncIterator[Request]) -> AsyncIterator[Request]:
             raise CoordinatorError(
                 ErrorCode.INVALID_ARGUMENT, "a message of the stream does not parse"
             ) from exc
+        _refuse_unparseable(item)
         yield item
 
 

@@ -44,6 +44,7 @@ Every key is optional; the defaults train the built-in ``digits-cnn`` task. A fu
 
     [limits]
     chunk_elements = 262144     # ring elements per upload chunk
+    concurrent_uploads = 16     # upload streams read at once (memory: about 3 MB each)
     checkin_wait = 20           # longest a check-in is held, seconds
     rate_per_second = 50        # requests per client per second (burst 4×)
 """
@@ -111,6 +112,7 @@ class Deadlines:
 @dataclass(frozen=True)
 class Limits:
     chunk_elements: int = 262_144
+    concurrent_uploads: int = 16
     checkin_wait: float = 20.0
     rate_per_second: float = 50.0
 
@@ -169,6 +171,8 @@ class CoordinatorConfig:
         limits = self.limits
         if limits.chunk_elements < 1 or limits.chunk_elements > 1 << 20:
             raise _invalid("chunk_elements must be in [1, 1048576]")
+        if limits.concurrent_uploads < 1:
+            raise _invalid("concurrent_uploads must be at least 1")
         if not (limits.checkin_wait > 0 and limits.rate_per_second > 0):
             raise _invalid("checkin_wait and rate_per_second must be > 0")
 

@@ -115,6 +115,9 @@ class Coordinator:
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", 4 << 20),
                 ("grpc.keepalive_permit_without_calls", 1),
+                # Fixed HTTP/2 windows: with bandwidth probing, each upload stream's window
+                # grows to megabytes that gRPC reads ahead of the service, per client.
+                ("grpc.http2.bdp_probe", 0),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ]
         )
@@ -130,6 +133,7 @@ class Coordinator:
             ),
             metrics=self.metrics,
             checkin_wait=config.limits.checkin_wait,
+            concurrent_uploads=config.limits.concurrent_uploads,
         )
         add_to_server(service, self.server)
         health_servicer = health.aio.HealthServicer()

@@ -30,7 +30,7 @@ from coordinator.domain import AddResult, AuditEvent, Participant
 from coordinator.error_catalog import status_for
 from coordinator.errors import CoordinatorError, ErrorCode
 from coordinator.metrics import Metrics
-from coordinator.round_machine import Assignment, RoundMachine
+from coordinator.round_machine import Assignment, RoundMachine, UploadProgress
 from coordinator.store import Store
 from coordinator.tokens import hash_token
 from fedadamw.v1 import edge_pb2 as pb
@@ -209,6 +209,7 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
         auth: Authenticator,
         metrics: Metrics,
         checkin_wait: float,
+        concurrent_uploads: int = 16,
     ) -> None:
         self.machine = machine
         self.store = store
@@ -217,6 +218,7 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
         self.auth = auth
         self.metrics = metrics
         self.checkin_wait = checkin_wait
+        self._uploads = asyncio.Semaphore(concurrent_uploads)
 
     # --- plumbing -----------------------------------------------------------------------
 
@@ -404,6 +406,17 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
         self, request_iterator: AsyncIterator[pb.MaskedInputChunk], context: Context
     ) -> pb.UploadStatus:
         client_id = await self._caller(context)
+        # A bounded number of uploads read at once: the rest wait here with at most one
+        # HTTP/2 window buffered each, so the coordinator's memory does not grow with n.
+        async with self._uploads:
+            progress = await self._ingest(client_id, request_iterator)
+        if progress is None:
+            raise CoordinatorError(ErrorCode.INVALID_ARGUMENT, "the upload stream held no chunk")
+        return serde.upload_status_to_proto(progress)
+
+    async def _ingest(
+        self, client_id: int, request_iterator: AsyncIterator[pb.MaskedInputChunk]
+    ) -> UploadProgress | None:
         round_id = ""
         progress = None
         async for chunk in _parsed(request_iterator):
@@ -420,9 +433,7 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
                 chunk.chunk_index,
                 chunk.values,
             )
-        if progress is None:
-            raise CoordinatorError(ErrorCode.INVALID_ARGUMENT, "the upload stream held no chunk")
-        return serde.upload_status_to_proto(progress)
+        return progress
 
     @_unary("GetUploadStatus")
     async def GetUploadStatus(self, request: pb.RoundRef, context: Context) -> pb.UploadStatus:

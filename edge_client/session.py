@@ -344,7 +344,7 @@ class RoundSession:
         if isinstance(self.state, ClientMaskedInput):
             inputs = await downloads
             encoded = await asyncio.to_thread(self._encode, inputs, layout)
-            masked_step = self.state.mask(encoded)
+            masked_step = await asyncio.to_thread(self.state.mask, encoded)
             self.state = masked_step.state
             masked = masked_step.message
             if not isinstance(masked, MaskedInput):
@@ -427,7 +427,8 @@ class RoundSession:
 
     async def _upload(self, config: pb.RoundConfig, vector: np.ndarray) -> None:
         """The vector in chunks; after a failure, only the chunks not yet durable."""
-        data = vector.astype(vector.dtype.newbyteorder("<"), copy=False).tobytes()
+        little = vector.astype(vector.dtype.newbyteorder("<"), copy=False)
+        data = memoryview(little.data).cast("B")  # chunks are cut from it without a whole copy
         itemsize = vector.dtype.itemsize
         chunk_bytes = config.chunk_elements * itemsize
         total = config.total_chunks
@@ -450,7 +451,7 @@ class RoundSession:
                             round_id=self.round_id,
                             phase=pb.PHASE_MASKED_INPUT,
                             chunk_index=i,
-                            values=data[i * chunk_bytes : (i + 1) * chunk_bytes],
+                            values=bytes(data[i * chunk_bytes : (i + 1) * chunk_bytes]),
                         )
                         done.add(i)
                         self.progress("upload", len(done), total)

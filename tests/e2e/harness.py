@@ -341,12 +341,106 @@ class TestAgent:
 __all__ = [
     "FAST",
     "PG_URL",
+    "AgentProcess",
     "Coordinator",
     "Outcome",
     "TestAgent",
     "drop_postgres_schema",
+    "edge",
+    "enrolled_agents",
     "free_port",
     "merged",
     "postgres_url_for_schema",
     "write_config",
 ]
+
+
+class AgentProcess:
+    """A ``fedadamw-edge`` agent: enrolled with the CLI, run as its own process."""
+
+    def __init__(self, coordinator: Coordinator, root: Path, index: int, partitions: int) -> None:
+        self.coordinator = coordinator
+        self.state = root / f"edge-{index}"
+        self.log_path = root / f"edge-{index}.log"
+        self.partition = f"{index}/{partitions}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.extra: tuple[str, ...] = ()
+
+    def enroll(self, token: str) -> subprocess.CompletedProcess[str]:
+        return edge(
+            "enroll",
+            "--coordinator",
+            self.coordinator.address,
+            "--enroll-address",
+            self.coordinator.enroll_address,
+            "--token",
+            token,
+            "--ca-cert",
+            str(self.coordinator.data_dir / "tls" / "ca.pem"),
+            "--state-dir",
+            str(self.state),
+            "--label",
+            self.state.name,
+        )
+
+    def start(self, *extra: str) -> None:
+        self.extra = extra or self.extra
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                str(BIN / "fedadamw-edge"),
+                "run",
+                "--state-dir",
+                str(self.state),
+                "--partition",
+                self.partition,
+                "--threads",
+                "1",
+                *self.extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait; the exit code (None if it was not running)."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def edge(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``fedadamw-edge ARGS`` as a subprocess."""
+    return subprocess.run(
+        [str(BIN / "fedadamw-edge"), *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def enrolled_agents(coordinator: Coordinator, root: Path, count: int) -> list[AgentProcess]:
+    agents = [AgentProcess(coordinator, root, i, count) for i in range(count)]
+    for agent, token in zip(agents, coordinator.tokens(count), strict=True):
+        result = agent.enroll(token)
+        if result.returncode != 0:
+            raise RuntimeError(f"enrollment failed: {result.stderr}")
+    return agents

@@ -1,72 +1,329 @@
-"""``fedadamw-edge`` agents as separate processes, against a real coordinator process."""
+"""``fedadamw-edge`` agents as separate processes against a real coordinator process.
+
+Enrollment with the CLI, rounds of secure FedAdamW on the built-in digits task, agents
+killed with SIGKILL in the middle of rounds, the coordinator killed and restarted, the
+agents' state directories and limits.
+"""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from .harness import FAST, Coordinator, merged
+import pytest
+import torch
 
-BIN = Path(sys.executable).parent
+from coordinator.domain import ParticipantStatus, RoundPhase
+from coordinator.store.sql import SqlStore, default_sqlite_url
+
+from .harness import FAST, AgentProcess, Coordinator, edge, enrolled_agents, merged
+
+TRAIN = merged(
+    FAST,
+    rounds=4,
+    cohort=5,
+    min_clients=3,
+    local_steps=20,
+    lr=0.003,
+    schedule="cosine",
+    deadlines={"selection": 3, "advertise_keys": 15, "share_keys": 15, "masked_input": 40},
+)
 
 
-def edge(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "fedadamw-edge"), *args], capture_output=True, text=True, timeout=timeout
+def _stop_all(agents: list[AgentProcess]) -> list[int | None]:
+    return [agent.stop() for agent in agents]
+
+
+def test_agents_train_the_model_over_secure_rounds(tmp_path: Path) -> None:
+    coordinator = Coordinator(tmp_path, TRAIN)
+    coordinator.start()
+    agents = enrolled_agents(coordinator, tmp_path, 5)
+    try:
+        for agent in agents:
+            agent.start()
+        status = coordinator.wait_for(
+            lambda s: s["model_version"] >= 4 and s["test_accuracy"] is not None, timeout=300
+        )
+    finally:
+        codes = _stop_all(agents)
+        coordinator.stop()
+    assert codes == [0] * 5  # SIGTERM ends each agent cleanly
+    rounds = sorted(status["rounds"], key=lambda r: r["round"])
+    assert [(r["outcome"], r["cohort"], r["survivors"]) for r in rounds] == [
+        ("committed", 5, 5)
+    ] * 4
+    accuracy = [v["test_accuracy"] for v in status["versions"]]
+    assert accuracy[-1] > accuracy[0] + 0.3, accuracy
+    shown = json.loads(edge("status", "--state-dir", str(agents[0].state), "--json").stdout)
+    assert shown["last_round"]["outcome"] == "committed"
+    assert shown["last_round"]["model_version"] == 4
+    assert "secure aggregation" in coordinator.log()
+
+
+def _store(coordinator: Coordinator) -> SqlStore:
+    return SqlStore(default_sqlite_url(coordinator.data_dir))
+
+
+def _client_id(agent: AgentProcess) -> int:
+    return int(json.loads((agent.state / "agent.json").read_text())["client_id"])
+
+
+def _kill_when(
+    coordinator: Coordinator,
+    agents: list[AgentProcess],
+    condition: Callable[[RoundPhase, ParticipantStatus], bool],
+    count: int = 1,
+    timeout: float = 120,
+) -> list[AgentProcess]:
+    """SIGKILL ``count`` agents as soon as the open round and their status match."""
+    by_id = {_client_id(a): a for a in agents}
+    killed: list[AgentProcess] = []
+    deadline = time.monotonic() + timeout
+    while len(killed) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"never matched; killed {len(killed)}\n{coordinator.log()[-3000:]}")
+        store = _store(coordinator)
+        try:
+            open_round = store.open_round()
+            participants = store.list_participants(open_round.round_id) if open_round else []
+        finally:
+            store.close()
+        for p in participants:
+            agent = by_id[p.client_id]
+            matches = open_round is not None and condition(open_round.phase, p.status)
+            if matches and agent.running and len(killed) < count:
+                agent.kill()
+                killed.append(agent)
+        time.sleep(0.05)
+    return killed
+
+
+def _rounds(coordinator: Coordinator) -> list[dict[str, object]]:
+    return sorted(coordinator.status()["rounds"], key=lambda r: int(r["round"]))  # type: ignore[arg-type]
+
+
+def test_agents_killed_mid_round(tmp_path: Path) -> None:
+    settings = merged(
+        TRAIN,
+        rounds=4,
+        local_steps=150,  # long enough to be killed while training
+        # every round waits for all five agents, so each case meets a full cohort
+        deadlines={"selection": 90, "masked_input": 25, "consistency_check": 8, "unmasking": 8},
     )
+    coordinator = Coordinator(tmp_path, settings)
+    coordinator.start()
+    agents = enrolled_agents(coordinator, tmp_path, 5)
+    try:
+        for agent in agents:
+            agent.start()
+        cases = [
+            # while training: keys shared, input not uploaded yet -> not summed
+            lambda phase, status: (
+                phase is RoundPhase.MASKED_INPUT and status is ParticipantStatus.SHARED
+            ),
+            # after its upload, waiting for the others -> summed, but never signs
+            lambda phase, status: (
+                phase is RoundPhase.MASKED_INPUT and status is ParticipantStatus.UPLOADED
+            ),
+            # after signing, before revealing its shares -> dropped in unmasking
+            lambda phase, status: (
+                phase is RoundPhase.CONSISTENCY_CHECK and status is ParticipantStatus.SIGNED
+            ),
+        ]
+        for number, condition in enumerate(cases):
+            (victim,) = _kill_when(coordinator, agents, condition)
+            coordinator.wait_for(
+                lambda s, n=number: len(s["rounds"]) > n and s["rounds"][0]["outcome"] != "running"
+            )
+            victim.start()  # it comes back, with fresh keys, for the next round
+        # beyond threshold: three of five die while training; the round aborts
+        victims = _kill_when(
+            coordinator,
+            agents,
+            lambda phase, status: (
+                phase is RoundPhase.MASKED_INPUT and status is ParticipantStatus.SHARED
+            ),
+            count=3,
+        )
+        coordinator.wait_for(lambda s: s["rounds"][0]["outcome"] == "aborted", timeout=180)
+        for victim in victims:
+            victim.start()
+        status = coordinator.wait_for(lambda s: s["model_version"] >= 4, timeout=300)
+    finally:
+        _stop_all(agents)
+        coordinator.stop()
+    rounds = sorted(status["rounds"], key=lambda r: r["round"])
+    outcomes = [r["outcome"] for r in rounds]
+    assert outcomes[:3] == ["committed"] * 3, rounds
+    assert [next(iter(r["dropouts"])) for r in rounds[:3]] == [
+        "masked_input",
+        "consistency_check",
+        "unmasking",
+    ]
+    assert [r["survivors"] for r in rounds[:3]] == [4, 5, 5]  # summed inputs
+    assert outcomes[3] == "aborted"
+    assert rounds[3]["abort_reason"] == "too_few_clients"
+    assert outcomes[4:] == ["committed"]
 
 
-def start_agent(state: Path, partition: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
-    handle = log.open("ab")
-    process = subprocess.Popen(
-        [
-            str(BIN / "fedadamw-edge"),
-            "run",
-            "--state-dir",
-            str(state),
-            "--partition",
-            partition,
-            "--threads",
-            "1",
-            *extra,
-        ],
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    handle.close()
-    return process
+def test_agents_ride_out_a_coordinator_restart(tmp_path: Path) -> None:
+    coordinator = Coordinator(tmp_path, merged(TRAIN, rounds=3, cohort=4, local_steps=100))
+    coordinator.start()
+    agents = enrolled_agents(coordinator, tmp_path, 4)
+    try:
+        for agent in agents:
+            agent.start()
+        coordinator.wait_for(lambda s: s["model_version"] >= 1, timeout=180)
+        # kill -9 in the middle of the second round's training
+        _kill_coordinator_in(coordinator, RoundPhase.MASKED_INPUT)
+        coordinator.start()
+        status = coordinator.wait_for(lambda s: s["model_version"] >= 3, timeout=300)
+    finally:
+        codes = _stop_all(agents)
+        coordinator.stop()
+    assert codes == [0] * 4
+    assert [r["outcome"] for r in status["rounds"]].count("committed") == 3
+    assert all("coordinator" in a.log() for a in agents)
+    assert any("unreachable" in a.log() or "reconnecting" in a.log() for a in agents)
+
+
+def _kill_coordinator_in(coordinator: Coordinator, phase: RoundPhase, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        store = _store(coordinator)
+        try:
+            open_round = store.open_round()
+        finally:
+            store.close()
+        if open_round is not None and open_round.phase is phase:
+            coordinator.kill()
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"the coordinator never reached {phase}")
+
+
+def _wait_version(coordinator: Coordinator, version: int, timeout: float = 180) -> None:
+    """Poll the database (faster than the CLI) until ``version`` is committed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        store = _store(coordinator)
+        try:
+            latest = store.latest_version()
+        finally:
+            store.close()
+        if latest is not None and latest.version >= version:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"version {version} never came:\n{coordinator.log()[-3000:]}")
+
+
+def test_state_directory_reuse_and_damage(tmp_path: Path) -> None:
+    # every round needs all three agents, so the restarted one must take part again
+    coordinator = Coordinator(tmp_path, merged(TRAIN, rounds=4, cohort=3, min_clients=3))
+    coordinator.start()
+    agents = enrolled_agents(coordinator, tmp_path, 3)
+    try:
+        again = agents[0].enroll(coordinator.token())
+        assert again.returncode == 2
+        assert "already holds" in again.stderr
+        for agent in agents:
+            agent.start()
+        _wait_version(coordinator, 1)
+        assert agents[1].stop() == 0
+        first_run = agents[1].log()
+        agents[1].start()  # the same state directory, a new process
+        _wait_version(coordinator, 4)
+    finally:
+        _stop_all(agents)
+        coordinator.stop()
+    assert "stopped after" in first_run
+    assert "committed" in agents[1].log()[len(first_run) :]
+
+    (agents[2].state / "identity.key").write_text("-----BEGIN PRIVATE KEY-----\ngarbage\n")
+    damaged = edge("run", "--state-dir", str(agents[2].state), "--partition", "2/3")
+    assert damaged.returncode == 2
+    assert "identity.key is damaged" in damaged.stderr
+    (agents[0].state / "client.pem").unlink()
+    missing = edge("run", "--state-dir", str(agents[0].state), "--partition", "0/3")
+    assert missing.returncode == 2
+    assert "client.pem is missing" in missing.stderr
+    assert "Traceback" not in damaged.stderr + missing.stderr
+    assert oct((agents[1].state).stat().st_mode & 0o777) == "0o700"
+    assert oct((agents[1].state / "identity.key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_an_agent_refuses_rounds_over_its_limits_and_keeps_running(tmp_path: Path) -> None:
+    coordinator = Coordinator(tmp_path, merged(TRAIN, rounds=1, cohort=4, min_clients=3))
+    coordinator.start()
+    agents = enrolled_agents(coordinator, tmp_path, 4)
+    try:
+        agents[3].start("--max-model-bytes", "1000")
+        for agent in agents[:3]:
+            agent.start()
+        status = coordinator.wait_for(lambda s: s["model_version"] >= 1, timeout=240)
+        assert agents[3].running  # refused, logged, still alive
+    finally:
+        _stop_all(agents)
+        coordinator.stop()
+    assert "over --max-model-bytes 1000" in agents[3].log()
+    (round0,) = status["rounds"]
+    assert round0["outcome"] == "committed"
+    assert round0["survivors"] == 3  # the refusing agent left at once, the others went on
+    assert round0["dropouts"] == {"advertise_keys": 1}
+
+
+@pytest.mark.parametrize(("device", "message"), [("cuda:7", "GPU"), ("tpu", "unknown device")])
+def test_bad_devices_are_refused_clearly(tmp_path: Path, device: str, message: str) -> None:
+    coordinator = Coordinator(tmp_path, merged(TRAIN, rounds=1))
+    coordinator.start()
+    try:
+        (agent,) = enrolled_agents(coordinator, tmp_path, 1)
+    finally:
+        coordinator.stop()
+    result = edge("run", "--state-dir", str(agent.state), "--partition", "0/1", "--device", device)
+    assert result.returncode == 2
+    assert message in result.stderr
 
 
 def test_insecure_mode_runs_rounds_and_warns(tmp_path: Path) -> None:
     coordinator = Coordinator(
-        tmp_path, merged(FAST, rounds=2, cohort=3, min_clients=3, local_steps=5), insecure=True
+        tmp_path, merged(FAST, rounds=2, cohort=3, local_steps=5), insecure=True
     )
     coordinator.start()
-    agents = []
+    agents = [AgentProcess(coordinator, tmp_path, i, 3) for i in range(3)]
     try:
         assert "RUNNING WITHOUT TLS" in coordinator.log()
-        for i, token in enumerate(coordinator.tokens(3)):
+        for agent, token in zip(agents, coordinator.tokens(3), strict=True):
             enrolled = edge(
                 "enroll", "--insecure", "--coordinator", coordinator.address,
                 "--enroll-address", coordinator.enroll_address, "--token", token,
-                "--state-dir", str(tmp_path / f"a{i}"),
+                "--state-dir", str(agent.state),
             )  # fmt: skip
             assert enrolled.returncode == 0, enrolled.stderr
-        agents = [
-            start_agent(tmp_path / f"a{i}", f"{i}/3", tmp_path / f"a{i}.log") for i in range(3)
-        ]
-        status = coordinator.wait_for(lambda s: s["model_version"] == 2, timeout=180)
-        assert [r["outcome"] for r in status["rounds"]] == ["committed", "committed"]
+            agent.start()
+        status = coordinator.wait_for(lambda s: s["model_version"] >= 2, timeout=180)
     finally:
-        for agent in agents:
-            agent.terminate()
-        for agent in agents:
-            agent.wait(timeout=60)
+        codes = _stop_all(agents)
         coordinator.stop()
-    assert all(agent.returncode == 0 for agent in agents)
-    shown = edge("status", "--state-dir", str(tmp_path / "a0"))
+    assert codes == [0] * 3
+    assert [r["outcome"] for r in status["rounds"]] == ["committed", "committed"]
+    shown = edge("status", "--state-dir", str(agents[0].state))
     assert "INSECURE" in shown.stdout
-    assert "committed" in shown.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_agents_train_on_cuda(tmp_path: Path) -> None:
+    coordinator = Coordinator(tmp_path, merged(TRAIN, rounds=2, cohort=3))
+    coordinator.start()
+    agents = enrolled_agents(coordinator, tmp_path, 3)
+    try:
+        for agent in agents:
+            agent.start("--device", "cuda")
+        status = coordinator.wait_for(lambda s: s["model_version"] >= 2, timeout=300)
+    finally:
+        _stop_all(agents)
+        coordinator.stop()
+    assert all("on cuda" in agent.log() for agent in agents)
+    assert status["rounds"][0]["outcome"] == "committed"

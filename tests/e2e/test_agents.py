@@ -110,7 +110,7 @@ def test_agents_killed_mid_round(tmp_path: Path) -> None:
         rounds=4,
         local_steps=150,  # long enough to be killed while training
         # every round waits for all five agents, so each case meets a full cohort
-        deadlines={"selection": 90, "masked_input": 25, "consistency_check": 8, "unmasking": 8},
+        deadlines={"selection": 90, "masked_input": 15, "consistency_check": 6, "unmasking": 6},
     )
     coordinator = Coordinator(tmp_path, settings)
     coordinator.start()
@@ -250,6 +250,12 @@ def test_state_directory_reuse_and_damage(tmp_path: Path) -> None:
     assert missing.returncode == 2
     assert "client.pem is missing" in missing.stderr
     assert "Traceback" not in damaged.stderr + missing.stderr
+    for device, message in (("cuda:7", "GPU"), ("tpu", "unknown device")):
+        bad = edge(
+            "run", "--state-dir", str(agents[1].state), "--partition", "1/3", "--device", device
+        )
+        assert bad.returncode == 2
+        assert message in bad.stderr
     assert oct((agents[1].state).stat().st_mode & 0o777) == "0o700"
     assert oct((agents[1].state / "identity.key").stat().st_mode & 0o777) == "0o600"
 
@@ -272,19 +278,6 @@ def test_an_agent_refuses_rounds_over_its_limits_and_keeps_running(tmp_path: Pat
     assert round0["outcome"] == "committed"
     assert round0["survivors"] == 3  # the refusing agent left at once, the others went on
     assert round0["dropouts"] == {"advertise_keys": 1}
-
-
-@pytest.mark.parametrize(("device", "message"), [("cuda:7", "GPU"), ("tpu", "unknown device")])
-def test_bad_devices_are_refused_clearly(tmp_path: Path, device: str, message: str) -> None:
-    coordinator = Coordinator(tmp_path, merged(TRAIN, rounds=1))
-    coordinator.start()
-    try:
-        (agent,) = enrolled_agents(coordinator, tmp_path, 1)
-    finally:
-        coordinator.stop()
-    result = edge("run", "--state-dir", str(agent.state), "--partition", "0/1", "--device", device)
-    assert result.returncode == 2
-    assert message in result.stderr
 
 
 def test_insecure_mode_runs_rounds_and_warns(tmp_path: Path) -> None:

@@ -239,6 +239,8 @@ class Agent:
         if self.metrics is not None:
             self.metrics.rounds.labels(result.outcome.value).inc()
             self.metrics.round_seconds.observe(elapsed)
+            self.metrics.transferred_bytes.labels("download").inc(session.downloaded_bytes)
+            self.metrics.transferred_bytes.labels("upload").inc(session.uploaded_bytes)
         log.info(
             "round %s: %s%s in %.1fs",
             result.round_id,

@@ -257,8 +257,14 @@ def _run(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     metrics = AgentMetrics() if args.metrics_port is not None else None
     progress = StageProgress()
+
+    def on_step(done: int, total: int) -> None:
+        progress.step(done, total)
+        if metrics is not None:
+            metrics.local_steps.inc()
+
     training = LocalTraining(
-        task=task, data=data, device=device, client_id=info.client_id, on_step=progress.step
+        task=task, data=data, device=device, client_id=info.client_id, on_step=on_step
     )
     agent = Agent(
         state=state,

@@ -156,6 +156,8 @@ class RoundSession:
         self.config: pb.RoundConfig | None = None
         self._uploaded = False  # plain rounds: the input went up (events may repeat)
         self._left = False  # the coordinator was told we leave the round
+        self.downloaded_bytes = 0  # over the network (the cache excluded)
+        self.uploaded_bytes = 0
         self.phase: pb.Phase = pb.PHASE_ADVERTISE_KEYS  # the phase of the latest event
 
     # --- calls with retry ----------------------------------------------------------------
@@ -410,6 +412,7 @@ class RoundSession:
                     if chunk.index != len(chunks):
                         raise SessionError(Outcome.ABORTED, "the download skipped a chunk")
                     chunks.append(bytes(chunk.data))
+                    self.downloaded_bytes += len(chunk.data)
                     with part.open("ab") as handle:
                         handle.write(chunk.data)
                     self.progress("download", sum(len(c) for c in chunks), int(ref.size))
@@ -454,6 +457,7 @@ class RoundSession:
                             values=bytes(data[i * chunk_bytes : (i + 1) * chunk_bytes]),
                         )
                         done.add(i)
+                        self.uploaded_bytes += min(chunk_bytes, len(data) - i * chunk_bytes)
                         self.progress("upload", len(done), total)
 
                 status = await self.stub.UploadMaskedInput(chunks(), metadata=self.metadata)

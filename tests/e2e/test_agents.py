@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from coordinator.domain import ParticipantStatus, RoundPhase
 from coordinator.store.sql import SqlStore, default_sqlite_url
 
-from .harness import FAST, AgentProcess, Coordinator, edge, enrolled_agents, merged
+from .harness import FAST, AgentProcess, Coordinator, edge, enrolled_agents, free_port, merged
 
 TRAIN = merged(
     FAST,
@@ -40,12 +41,15 @@ def test_agents_train_the_model_over_secure_rounds(tmp_path: Path) -> None:
     coordinator = Coordinator(tmp_path, TRAIN)
     coordinator.start()
     agents = enrolled_agents(coordinator, tmp_path, 5)
+    metrics_port = free_port()
     try:
-        for agent in agents:
+        agents[0].start("--metrics-port", str(metrics_port))
+        for agent in agents[1:]:
             agent.start()
         status = coordinator.wait_for(
             lambda s: s["model_version"] >= 4 and s["test_accuracy"] is not None, timeout=300
         )
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
     finally:
         codes = _stop_all(agents)
         coordinator.stop()
@@ -60,6 +64,10 @@ def test_agents_train_the_model_over_secure_rounds(tmp_path: Path) -> None:
     assert shown["last_round"]["outcome"] == "committed"
     assert shown["last_round"]["model_version"] == 4
     assert "secure aggregation" in coordinator.log()
+    assert 'fedadamw_agent_rounds_total{outcome="committed"} 4.0' in metrics
+    assert "fedadamw_agent_local_steps_total 80.0" in metrics  # 4 rounds of K = 20
+    assert "fedadamw_agent_connected 1.0" in metrics
+    assert 'fedadamw_agent_transferred_bytes_total{direction="upload"}' in metrics
 
 
 def _store(coordinator: Coordinator) -> SqlStore:

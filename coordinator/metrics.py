@@ -99,6 +99,16 @@ class Metrics:
             "Model-delta values clipped by quantization (securely summed counts).",
             registry=r,
         )
+        self.samples = Counter(
+            "fedadamw_trained_samples_total",
+            "Samples the summed clients trained on (securely summed).",
+            registry=r,
+        )
+        self.train_loss = Gauge(
+            "fedadamw_round_train_loss",
+            "Mean local training loss of the last committed round's clients (securely summed).",
+            registry=r,
+        )
         self.model_version = Gauge(
             "fedadamw_model_version", "The latest committed model version.", registry=r
         )

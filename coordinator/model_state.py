@@ -42,6 +42,8 @@ class RoundSums:
     weight: float
     clipped: float
     survivors: int
+    samples: float = 0.0
+    train_loss: float = 0.0  # the sum of the survivors' mean local losses
 
 
 class ModelState:

@@ -409,6 +409,8 @@ class RoundMachine:
             weight=float(sums["weight"][0]),
             clipped=float(sums["clip_count"][0]),
             survivors=survivors,
+            samples=float(sums["samples"][0]) if "samples" in sums else 0.0,
+            train_loss=float(sums["train_loss"][0]) if "train_loss" in sums else 0.0,
         )
         version = await asyncio.to_thread(self.store.get_version, settings.model_version)
         now = self.clock()
@@ -431,12 +433,17 @@ class RoundMachine:
         )
         self._schedule_evaluation(new_version)
         self.metrics.clipped_values.inc(round_sums.clipped)
+        self.metrics.samples.inc(round_sums.samples)
+        self.metrics.train_loss.set(round_sums.train_loss / survivors)
         self.metrics.model_version.set(new_version.version)
         log.info(
-            "round %d committed model version %d from %d clients (%d delta values clipped)",
+            "round %d committed model version %d from %d clients: mean train loss %.4f, "
+            "%d samples, %d delta values clipped",
             round_.number,
             new_version.version,
             survivors,
+            round_sums.train_loss / survivors,
+            round(round_sums.samples),
             int(round_sums.clipped),
         )
         await self._finish(active, round_, new_version.version, None, survivors)

@@ -9,9 +9,10 @@ trains and the cohort size:
   advance the schedule);
 - secure aggregation's threshold t and neighbour degree k, chosen for the cohort size
   (``secure_agg.choose_parameters``) unless the configuration fixes them;
-- the quantization layout [Δ (d) | v̄ block means (B) | weight (1) | clip count (1)]: deltas
-  clip at ``delta_clip_factor × K × η_r`` (an AdamW step moves a coordinate by about η),
-  second-moment means at ``moment_max``, the weight (each client's is 1) at 1.
+- the quantization layout [Δ (d) | v̄ block means (B) | weight | samples | train loss |
+  clip count]: deltas clip at ``delta_clip_factor × K × η_r`` (an AdamW step moves a
+  coordinate by about η), second-moment means at ``moment_max``, the weight (each client's
+  is 1) at 1; samples and training loss are statistics the coordinator sees only summed.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from secure_agg import (
 )
 
 __all__ = ["PHASE_ORDER", "RoundSettings", "plan_round"]
+
+LOSS_MAX = 100.0  # the range of the securely summed mean training loss; higher values clip
 
 PHASE_ORDER = (
     RoundPhase.ADVERTISE_KEYS,
@@ -179,6 +182,8 @@ def plan_round(
             weight_max=1.0,
             max_clients=cohort_size,
             ring_bits=sa.ring_bits,
+            samples_max=float(config.local_steps * config.batch_size),
+            loss_max=LOSS_MAX,
         )
         if sa.enabled:
             SecAggParams(threshold=threshold, degree=degree, layout=layout)

@@ -162,7 +162,13 @@ class LocalTraining:
             update.train_loss,
             update.num_samples,
         )
-        out = {"delta": update.delta.numpy().astype(np.float64), "weight": np.ones(1)}
+        out = {
+            "delta": update.delta.numpy().astype(np.float64),
+            "weight": np.ones(1),
+            # statistics the coordinator only ever sees summed over the round's clients
+            "samples": np.array([float(update.num_samples)]),
+            "train_loss": np.array([update.train_loss]),
+        }
         if partition is not None:
             out["second_moment"] = update.second_moment.numpy()
         return out

@@ -256,8 +256,14 @@ def update_layout(
     moment_bits: int | None = None,
     weight_bits: int | None = None,
     count_bits: int | None = None,
+    samples_max: float = 0.0,
+    loss_max: float = 0.0,
 ) -> SegmentLayout:
     """The FedAdamW upload layout: ``delta | second_moment | weight | clip_count``.
+
+    With ``samples_max`` and ``loss_max`` above 0 it also carries two statistics that are
+    only ever seen summed: ``samples`` (``[0, samples_max]``, the samples a client trained
+    on) and ``train_loss`` (``[0, loss_max]``, its mean local loss), before ``clip_count``.
 
     ``delta`` is symmetric, ``[-delta_clip, delta_clip]``; ``second_moment`` is
     ``[0, moment_max]``; ``weight`` is ``[0, weight_max]``; ``clip_count`` counts clipped
@@ -286,17 +292,23 @@ def update_layout(
         counter_bits,
         counts_clips_of=("delta",),
     )
-    segments: tuple[QuantSegment, ...] = (delta, weight, clips)
+    segments: list[QuantSegment] = [delta]
     if moment_length:
-        moment = QuantSegment(
-            "second_moment",
-            moment_length,
-            0.0,
-            moment_max,
-            moment_bits if moment_bits is not None else widest,
+        segments.append(
+            QuantSegment(
+                "second_moment",
+                moment_length,
+                0.0,
+                moment_max,
+                moment_bits if moment_bits is not None else widest,
+            )
         )
-        segments = (delta, moment, weight, clips)
-    return SegmentLayout(ring_bits=ring_bits, max_clients=max_clients, segments=segments)
+    segments.append(weight)
+    if samples_max > 0 and loss_max > 0:
+        segments.append(QuantSegment("samples", 1, 0.0, samples_max, widest))
+        segments.append(QuantSegment("train_loss", 1, 0.0, loss_max, widest))
+    segments.append(clips)
+    return SegmentLayout(ring_bits=ring_bits, max_clients=max_clients, segments=tuple(segments))
 
 
 def _encode_segment(

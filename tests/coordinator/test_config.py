@@ -86,7 +86,15 @@ def test_round_settings_follow_the_configuration() -> None:
     assert settings.lr == pytest.approx(0.5 * 0.01 * (1 + math.cos(math.pi * 3 / 10)))
     assert settings.global_step == 60
     layout = settings.layout
-    assert [s.name for s in layout.segments] == ["delta", "second_moment", "weight", "clip_count"]
+    assert [s.name for s in layout.segments] == [
+        "delta",
+        "second_moment",
+        "weight",
+        "samples",
+        "train_loss",
+        "clip_count",
+    ]
+    assert layout.segment("samples").high == 20 * 32
     assert layout.segment("delta").high == pytest.approx(2.0 * 20 * settings.lr)
     assert layout.max_clients == 10
     assert settings.degree is None  # small cohorts use the complete graph

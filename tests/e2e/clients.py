@@ -286,7 +286,12 @@ class KnownUpdate:
     def __call__(self, inputs: RoundInputs) -> dict[str, np.ndarray]:
         d = inputs.model.shape[0]
         blocks = inputs.second_moment.shape[0]
-        out = {"delta": self.rng.uniform(-self.clip, self.clip, size=d), "weight": np.ones(1)}
+        out = {
+            "delta": self.rng.uniform(-self.clip, self.clip, size=d),
+            "weight": np.ones(1),
+            "samples": np.array([32.0]),
+            "train_loss": np.array([1.0]),
+        }
         if blocks:
             out["second_moment"] = self.rng.uniform(0, 1e-3, size=blocks)
         self.sent = out

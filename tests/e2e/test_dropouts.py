@@ -69,6 +69,8 @@ class Known:
         self.sent = {
             "delta": self.rng.uniform(-0.01, 0.01, size=inputs.model.shape[0]),
             "weight": np.ones(1),
+            "samples": np.array([32.0]),
+            "train_loss": np.array([1.0]),
         }
         if inputs.second_moment.shape[0]:
             self.sent["second_moment"] = self.rng.uniform(

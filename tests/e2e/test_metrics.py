@@ -31,6 +31,8 @@ FAMILIES = [
     "fedadamw_secagg_unmask_duration_seconds",
     "fedadamw_secagg_clipped_values_total",
     "fedadamw_model_version",
+    "fedadamw_trained_samples_total",
+    "fedadamw_round_train_loss",
     "fedadamw_global_test_loss",
     "fedadamw_global_test_accuracy_ratio",
     "fedadamw_grpc_requests_total",

@@ -25,6 +25,8 @@ def _known_update(seed: int, clip: float = 0.02):
         out = {
             "delta": rng.uniform(-clip, clip, size=d),
             "weight": np.ones(1),
+            "samples": np.array([64.0]),
+            "train_loss": np.array([0.5 + seed]),
         }
         if blocks:
             out["second_moment"] = rng.uniform(0, 1e-3, size=blocks)
@@ -82,3 +84,5 @@ def test_a_secure_round_commits_the_mean_of_the_survivors(
     assert round0["outcome"] == "committed"
     assert round0["cohort"] == 4
     assert round0["survivors"] == 4
+    # training statistics arrive only summed: mean loss (0.5 + 1.5), 4 × 64 samples
+    assert "mean train loss 2.0000, 256 samples" in coordinator.log()

@@ -199,6 +199,38 @@ def test_update_layout_orders_segments_and_gives_moments_more_bits() -> None:
     assert layout.segment("clip_count").counts_clips_of == ("delta",)
 
 
+def test_update_layout_can_carry_summed_training_statistics() -> None:
+    layout = update_layout(
+        delta_length=2,
+        delta_clip=0.1,
+        moment_length=1,
+        moment_max=1.0,
+        weight_max=1.0,
+        max_clients=4,
+        samples_max=640.0,
+        loss_max=100.0,
+    )
+    assert [s.name for s in layout.segments] == [
+        "delta",
+        "second_moment",
+        "weight",
+        "samples",
+        "train_loss",
+        "clip_count",
+    ]
+    values = {
+        "delta": np.zeros(2),
+        "second_moment": [0.5],
+        "weight": [1.0],
+        "samples": [640.0],
+        "train_loss": [2.25],
+    }
+    ring = sum(encode(layout, values, source=seeded_source(f"s{i}")) for i in range(3))
+    sums = decode_sum(layout, np.asarray(ring, dtype=layout.dtype), num_clients=3)
+    assert sums["samples"][0] == pytest.approx(1920.0, abs=3 * layout.segment("samples").step)
+    assert sums["train_loss"][0] == pytest.approx(6.75, abs=3 * layout.segment("train_loss").step)
+
+
 def test_update_layout_without_second_moments_leaves_the_segment_out() -> None:
     layout = update_layout(
         delta_length=4,

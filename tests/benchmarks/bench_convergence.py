@@ -34,7 +34,7 @@ from fedadamw.plotting import plot_records
 from fedadamw.simulate import RoundRecord, SimulationConfig, read_csv, simulate, write_csv
 from fedadamw.summary import RunSummary, summarize
 
-LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 ALGORITHMS = {
     "digits-cnn": (
         "fedadamw-tensor",

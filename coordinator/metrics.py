@@ -33,6 +33,22 @@ class Metrics:
         self.rounds = Counter(
             "fedadamw_rounds_total", "Rounds finished, by outcome.", ["outcome"], registry=r
         )
+        self.aborts = Counter(
+            "fedadamw_round_aborts_total",
+            "Rounds that ended without a model, by the phase they ended in and why.",
+            ["phase", "reason"],
+            registry=r,
+        )
+        self.configured_rounds = Gauge(
+            "fedadamw_configured_rounds",
+            "The number of model versions the coordinator is configured to commit.",
+            registry=r,
+        )
+        self.selected = Counter(
+            "fedadamw_selected_clients_total",
+            "Clients selected into rounds (the denominator of the dropout rate).",
+            registry=r,
+        )
         self.round_seconds = Histogram(
             "fedadamw_round_duration_seconds",
             "Wall time of finished rounds, selection excluded.",

@@ -153,6 +153,7 @@ class RoundMachine:
             log.info("stored the initial model (version 0, %d parameters)", self.model.layout.size)
         await asyncio.to_thread(self.model.check_compatible, latest)
         self.metrics.model_version.set(latest.version)
+        self.metrics.configured_rounds.set(self.config.rounds)
         open_round = await asyncio.to_thread(self.store.open_round)
         for stale in await asyncio.to_thread(self.spool.rounds):
             if open_round is None or stale != open_round.round_id:
@@ -318,6 +319,7 @@ class RoundMachine:
             if future is not None and not future.done():
                 future.set_result(Assignment(round_id, p.secagg_id))
         self.metrics.cohort.set(len(participants))
+        self.metrics.selected.inc(len(participants))
         self.metrics.set_phase(RoundPhase.ADVERTISE_KEYS)
         log.info(
             "round %d (%s) started: %d clients, model version %d, lr %.3g, %s",
@@ -454,6 +456,7 @@ class RoundMachine:
             self.store.abort_round, active.round_id, reason=reason, now=now, dropped=dict(dropped)
         )
         log.warning("round %d aborted in %s: %s", round_.number, active.phase.value, reason)
+        self.metrics.aborts.labels(active.phase.value, reason.partition(":")[0]).inc()
         await self._finish(active, round_, active.settings.model_version, reason, 0)
 
     async def _finish(

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import shutil
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
-import pytest
+import yaml
 
 from edge_client.session import Outcome
 
@@ -31,6 +33,9 @@ FAMILIES = [
     "fedadamw_secagg_unmask_duration_seconds",
     "fedadamw_secagg_clipped_values_total",
     "fedadamw_model_version",
+    "fedadamw_round_aborts_total",
+    "fedadamw_configured_rounds",
+    "fedadamw_selected_clients_total",
     "fedadamw_trained_samples_total",
     "fedadamw_round_train_loss",
     "fedadamw_global_test_loss",
@@ -83,6 +88,8 @@ def test_metrics_after_a_round(tmp_path: Path) -> None:
         assert f"# TYPE {family} " in text, family
     assert _sample(text, 'fedadamw_rounds_total{outcome="committed"}') == 1
     assert _sample(text, "fedadamw_model_version") == 1
+    assert _sample(text, "fedadamw_configured_rounds") == 1
+    assert _sample(text, "fedadamw_selected_clients_total") == 4
     assert _sample(text, "fedadamw_round_survivors_clients") == 4
     assert _sample(text, "fedadamw_round_cohort_clients") == 4
     assert _sample(text, 'fedadamw_grpc_requests_total{code="OK",method="AdvertiseKeys"}') == 4
@@ -90,9 +97,39 @@ def test_metrics_after_a_round(tmp_path: Path) -> None:
     assert 0 <= _sample(text, "fedadamw_global_test_accuracy_ratio") <= 1
 
     promtool = _promtool()
-    if promtool is None:
-        pytest.skip("promtool is not installed (make installs it from Debian's prometheus package)")
+    assert promtool is not None, "promtool is missing: `make` installs it from Debian's prometheus"
     check = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+    # The dashboard and the alert rules query only metrics the coordinator exports.
+    exported = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    for source, names in _queried_names().items():
+        unknown = {n for n in names if _family(n) not in exported}
+        assert not unknown, f"{source} queries metrics the coordinator does not export: {unknown}"
+
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def _family(name: str) -> str:
+    for suffix in ("_bucket", "_count", "_sum", "_created"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _queried_names() -> dict[str, set[str]]:
+    """fedadamw_* names in the Grafana dashboard's and the alert rules' expressions."""
+    pattern = re.compile(r"\bfedadamw_[a-z_]+")
+    dashboard = json.loads((DEPLOY / "grafana" / "fedadamw-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    alert_exprs = [r["expr"] for group in rules["groups"] for r in group["rules"]]
+    names = {
+        "dashboard": {n for e in exprs for n in pattern.findall(e)},
+        "alert rules": {n for e in alert_exprs for n in pattern.findall(e)},
+    }
+    assert names["dashboard"], "the dashboard has no fedadamw queries"
+    return names

@@ -143,6 +143,11 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=None, help="serve this agent's metrics (off by default)"
     )
     run.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics listen on (0.0.0.0 to let a Prometheus elsewhere scrape)",
+    )
+    run.add_argument(
         "--max-model-bytes", type=int, default=256 << 20, help="refuse rounds with a larger model"
     )
     run.add_argument(
@@ -278,8 +283,8 @@ def _run(args: argparse.Namespace) -> int:
         progress=progress.transfer,
     )
     if metrics is not None:
-        port = metrics.serve(args.metrics_port)
-        log.info("agent metrics on 127.0.0.1:%d/metrics", port)
+        port = metrics.serve(args.metrics_port, args.metrics_host)
+        log.info("agent metrics on %s:%d/metrics", args.metrics_host, port)
     log.info("%d samples of %s on %s", data.num_samples, task.name, device)
 
     async def main() -> int:

@@ -15,6 +15,7 @@ BENCHMARKS = {
     "step": "tests.benchmarks.bench_step",
     "secagg": "tests.benchmarks.bench_secagg",
     "convergence": "tests.benchmarks.bench_convergence",
+    "second-moment": "tests.benchmarks.bench_second_moment",
     "ingest": "tests.benchmarks.bench_ingest",
 }
 

@@ -241,6 +241,8 @@ class Agent:
             self.metrics.round_seconds.observe(elapsed)
             self.metrics.transferred_bytes.labels("download").inc(session.downloaded_bytes)
             self.metrics.transferred_bytes.labels("upload").inc(session.uploaded_bytes)
+            for stage, seconds in session.timings.items():
+                self.metrics.stage_seconds.labels(stage).observe(seconds)
         log.info(
             "round %s: %s%s in %.1fs",
             result.round_id,
@@ -250,6 +252,11 @@ class Agent:
         )
         if result.reason:
             log.info("round %s: %s", result.round_id, result.reason)
+        log.info(
+            "round %s: time by stage: %s",
+            result.round_id,
+            ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in session.timings.items()),
+        )
         self.state.save_last_round(
             LastRound(
                 round_id=result.round_id,

@@ -29,6 +29,14 @@ class AgentMetrics:
             buckets=_SECONDS,
             registry=r,
         )
+        self.stage_seconds = Histogram(
+            "fedadamw_agent_stage_duration_seconds",
+            "This agent's own time per round, by stage (download, keys, training, quantize, "
+            "masking, upload, unmask).",
+            ["stage"],
+            buckets=_SECONDS,
+            registry=r,
+        )
         self.local_steps = Counter(
             "fedadamw_agent_local_steps_total", "Local training steps taken.", registry=r
         )

@@ -24,13 +24,14 @@ server), the session ends and says so; its keys die with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -73,6 +74,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+STAGES = ("download", "keys", "training", "quantize", "masking", "upload", "unmask")
 DOWNLOAD_CHUNK_BYTES = 1 << 20  # the coordinator streams blobs in chunks of this size
 # Worth trying again: the coordinator is away, slow, or asks us to slow down (rate limit).
 RETRYABLE = {
@@ -157,6 +159,8 @@ class RoundSession:
         self._uploaded = False  # plain rounds: the input went up (events may repeat)
         self._left = False  # the coordinator was told we leave the round
         self.downloaded_bytes = 0  # over the network (the cache excluded)
+        # seconds this agent spent, by stage (its own work and calls, not waiting for others)
+        self.timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         self.uploaded_bytes = 0
         self.phase: pb.Phase = pb.PHASE_ADVERTISE_KEYS  # the phase of the latest event
 
@@ -180,6 +184,14 @@ class RoundSession:
                 delay = min(delay * 2, 10.0)
 
     # --- the round ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _timed(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] += time.perf_counter() - started
 
     async def run(self) -> RoundResult:
         """Drive the round to its end; never raises for a round that went wrong."""
@@ -222,15 +234,17 @@ class RoundSession:
                 session = SessionConfig.from_dict(json.loads(config.secagg_session_json))
                 if session.round_id != self.round_id:
                     raise SessionError(Outcome.REFUSED, "the session names another round")
-                step = start_client(
-                    session, client_id=config.secagg_id, identity_key=self.identity_key
-                )
-                self.state = step.state
-                assert isinstance(step.message, SecAggAdvertise)
-                advert = wire.advertise_to_proto(step.message)
-                await self._call(
-                    "AdvertiseKeys", lambda: self.stub.AdvertiseKeys(advert, metadata=self.metadata)
-                )
+                with self._timed("keys"):
+                    step = start_client(
+                        session, client_id=config.secagg_id, identity_key=self.identity_key
+                    )
+                    self.state = step.state
+                    assert isinstance(step.message, SecAggAdvertise)
+                    advert = wire.advertise_to_proto(step.message)
+                    await self._call(
+                        "AdvertiseKeys",
+                        lambda: self.stub.AdvertiseKeys(advert, metadata=self.metadata),
+                    )
             async for event in self._events():
                 result = await self._on_event(event, config, layout, downloads)
                 if result is not None:
@@ -318,12 +332,29 @@ class RoundSession:
                     Outcome.DROPPED, f"the coordinator went on to phase {event.phase} without us"
                 )
             return None
-        try:
-            step = state.handle(message)
-        except SecAggError:
-            return None  # a message we already handled, sent again after a reconnect
-        self.state = step.state
-        outgoing = step.message
+        stage = "unmask" if event.phase >= pb.PHASE_CONSISTENCY_CHECK else "keys"
+        with self._timed(stage):
+            try:
+                step = state.handle(message)
+            except SecAggError:
+                return None  # a message we already handled, sent again after a reconnect
+            self.state = step.state
+            outgoing = step.message
+            await self._send(outgoing)
+        if isinstance(self.state, ClientMaskedInput):
+            inputs = await downloads
+            encoded = await asyncio.to_thread(self._encode, inputs, layout)
+            with self._timed("masking"):
+                masked_step = await asyncio.to_thread(self.state.mask, encoded)
+            self.state = masked_step.state
+            masked = masked_step.message
+            if not isinstance(masked, MaskedInput):
+                raise SessionError(Outcome.REFUSED, "secure aggregation did not mask the input")
+            await self._upload(config, np.asarray(masked.values))
+        return None
+
+    async def _send(self, outgoing: object) -> None:
+        """Send what the secure-aggregation client answered (nothing, for some messages)."""
         if isinstance(outgoing, ClientAbort):
             await self.leave(outgoing.reason.value)
             raise SessionError(
@@ -343,16 +374,6 @@ class RoundSession:
         elif isinstance(outgoing, UnmaskResponse):
             unmask = wire.unmask_to_proto(outgoing, self.round_id)
             await self._call("Unmask", lambda: self.stub.Unmask(unmask, metadata=self.metadata))
-        if isinstance(self.state, ClientMaskedInput):
-            inputs = await downloads
-            encoded = await asyncio.to_thread(self._encode, inputs, layout)
-            masked_step = await asyncio.to_thread(self.state.mask, encoded)
-            self.state = masked_step.state
-            masked = masked_step.message
-            if not isinstance(masked, MaskedInput):
-                raise SessionError(Outcome.REFUSED, "secure aggregation did not mask the input")
-            await self._upload(config, np.asarray(masked.values))
-        return None
 
     async def leave(self, reason: str) -> None:
         """Tell the coordinator this agent leaves the round (best effort), so that it need
@@ -371,8 +392,10 @@ class RoundSession:
     def _encode(self, inputs: RoundInputs, layout: SegmentLayout) -> np.ndarray:
         started = time.perf_counter()
         try:
-            values = dict(self.compute(inputs))
-            encoded = encode(layout, values)
+            with self._timed("training"):
+                values = dict(self.compute(inputs))
+            with self._timed("quantize"):
+                encoded = encode(layout, values)
         except Exception as exc:  # the device's own failure: leave the round, keep the agent
             raise SessionError(Outcome.REFUSED, f"the update was not computed: {exc}") from exc
         log.info(
@@ -385,6 +408,10 @@ class RoundSession:
     # --- transfers ----------------------------------------------------------------------
 
     async def _download_all(self, config: pb.RoundConfig) -> RoundInputs:
+        with self._timed("download"):
+            return await self._download_three(config)
+
+    async def _download_three(self, config: pb.RoundConfig) -> RoundInputs:
         model = await self._download(config.model, "<f4")
         update = await self._download(config.global_update, "<f4")
         moment = await self._download(config.second_moment, "<f8")
@@ -430,6 +457,10 @@ class RoundSession:
 
     async def _upload(self, config: pb.RoundConfig, vector: np.ndarray) -> None:
         """The vector in chunks; after a failure, only the chunks not yet durable."""
+        with self._timed("upload"):
+            await self._upload_chunks(config, vector)
+
+    async def _upload_chunks(self, config: pb.RoundConfig, vector: np.ndarray) -> None:
         little = vector.astype(vector.dtype.newbyteorder("<"), copy=False)
         data = memoryview(little.data).cast("B")  # chunks are cut from it without a whole copy
         itemsize = vector.dtype.itemsize

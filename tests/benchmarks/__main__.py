@@ -17,6 +17,7 @@ BENCHMARKS = {
     "convergence": "tests.benchmarks.bench_convergence",
     "second-moment": "tests.benchmarks.bench_second_moment",
     "ingest": "tests.benchmarks.bench_ingest",
+    "agent": "tests.benchmarks.bench_agent",
 }
 
 

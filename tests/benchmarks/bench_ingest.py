@@ -8,9 +8,9 @@ round twice: with secure aggregation (SecAgg+ on a k-regular graph) and with
 
 The task is a single vector of ``d`` parameters (``Ingest100K``, ``Ingest1M``,
 ``Ingest10M`` below, named ``tests.benchmarks.bench_ingest:Ingest1M`` and so on), so the
-ring vector an agent uploads holds ``d + 3`` elements (deltas, one v̄ block mean, weight,
-clip count), 4 bytes each. The agents are the real ``RoundSession`` with three test
-changes:
+ring vector an agent uploads holds ``2d + 4`` elements in the default ``full`` block mode
+(deltas, the whole v̄, weight, sample count, training loss, clip count), 4 bytes each.
+The agents are the real ``RoundSession`` with three test changes:
 
 - they do not download the model, ΔG and v̄ (they compute nothing; ``--download`` keeps the
   agent's own download, which needs 2·n·d·4 bytes of memory and disk here);
@@ -580,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _task_name(d)
     workdir: Path = args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
-    need = max(n for n in clients) * (max(sizes) + 3) * 4
+    need = max(n for n in clients) * (2 * max(sizes) + 4) * 4  # Δ and the whole v̄, 4 B each
     free = shutil.disk_usage(workdir).free
     print(
         f"Coordinator ingest: SQLite, TLS + mutual TLS on loopback, chunk_elements "

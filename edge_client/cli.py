@@ -234,6 +234,10 @@ def _enroll(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # A stop request while starting (importing torch, loading the data) has nothing to
+    # finish: exit 0 at once. The agent's loop takes SIGTERM and SIGINT over below.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_while_starting)
     import torch
 
     from edge_client.agent import Agent, Limits
@@ -294,6 +298,11 @@ def _run(args: argparse.Namespace) -> int:
         return await agent.run()
 
     return asyncio.run(main())
+
+
+def _exit_while_starting(signum: int, frame: object) -> None:
+    log.info("%s received while starting: exiting", signal.Signals(signum).name)
+    raise SystemExit(0)
 
 
 def _stopper(stop: Callable[[], None], sig: signal.Signals) -> Callable[[], None]:

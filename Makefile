@@ -22,7 +22,7 @@ prometheus-tools:
 	@if ! command -v promtool >/dev/null && ! test -x $(BIN)/promtool; then \
 		tmp=$$(mktemp -d) && (cd $$tmp && apt-get download -q prometheus >/dev/null 2>&1 \
 		&& dpkg -x prometheus_*.deb x && cp x/usr/bin/promtool x/usr/bin/prometheus $(CURDIR)/$(BIN)/) \
-		|| echo "note: could not fetch Debian's prometheus package; metrics format tests will skip"; \
+		|| echo "note: could not fetch Debian's prometheus package; put promtool and prometheus on PATH, or the monitoring tests fail"; \
 		rm -rf $$tmp; \
 	fi
 

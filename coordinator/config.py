@@ -7,7 +7,7 @@ Every key is optional; the defaults train the built-in ``digits-cnn`` task. A fu
     rounds = 20                 # rounds to commit, then the service idles
     cohort = 8                  # clients a round aims to finish with
     min_clients = 3             # fewer survivors than this abort the round
-    over_selection = 0.25       # select cohort × (1 + over_selection) to absorb dropouts
+    over_selection = 0.25       # select up to cohort × (1 + over_selection) of the waiting agents
     local_steps = 20            # K
     batch_size = 32
     seed = 0                    # the initial model's seed

@@ -4,9 +4,10 @@ One ``RoundMachine`` leads the rounds (DESIGN.md section 3). Its driver task rep
 the configured number of model versions is committed:
 
 1. **Selection.** Agents long-poll ``check_in``; once ``cohort`` of them wait (or
-   ``min_clients`` after the selection deadline), it selects ``cohort × (1 +
-   over_selection)`` at random, stores the round and its cohort, and answers their
-   check-ins with an assignment.
+   ``min_clients`` after the selection deadline), it selects up to ``cohort × (1 +
+   over_selection)`` of those waiting at random (agents that were not selected keep
+   waiting through a round, so a large fleet fills the margin), stores the round and its
+   cohort, and answers their check-ins with an assignment.
 2. **Phases.** Each phase closes at its deadline, or as soon as no alive participant is
    pending. Closing persists the transition (who dropped, and why), then pushes the next
    phase's opening message to every watching agent at once (``watch``), so a round's wall

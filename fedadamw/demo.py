@@ -256,7 +256,7 @@ def run_demo(config: DemoConfig, *, stream: TextIO | None = None) -> int:
     config.out.mkdir(parents=True, exist_ok=True)
     print(
         f"Starting a coordinator (SQLite, TLS) and {config.clients} edge agents on loopback: "
-        f"{config.rounds} rounds of secure FedAdamW on {config.task}"
+        f"{_count(config.rounds, 'round')} of secure FedAdamW on {config.task}"
         + (f", agents dropping with p = {config.drop_rate}" if config.drop_rate else "")
         + f".\nLogs: {config.out / 'logs'}",
         file=out,
@@ -337,6 +337,11 @@ def _watch(deployment: Deployment, config: DemoConfig, out: TextIO) -> dict[str,
                 v["version"]: v["test_accuracy"] for v in versions if v["test_accuracy"] is not None
             }
             loss = {v["version"]: v["test_loss"] for v in versions if v["test_loss"] is not None}
+            if 0 in accuracy and -1 not in shown:
+                shown.add(-1)
+                initial = f"{'init':>5}  {'model':9}  {'':>6}  {'':>9}  {'':18}  "
+                initial += f"{accuracy[0]:>8.3f}  {loss[0]:>7.3f}"
+                print(("\r\x1b[2K" if live else "") + initial, file=out, flush=True)
             for r in sorted(status["rounds"], key=lambda r: r["round"]):
                 evaluated = r["committed_version"] is None or r["committed_version"] in accuracy
                 if r["outcome"] != "running" and evaluated and r["round"] not in shown:
@@ -362,12 +367,23 @@ def _watch(deployment: Deployment, config: DemoConfig, out: TextIO) -> dict[str,
             killer.join(timeout=10)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _initial(status: dict[str, Any]) -> str:
+    first = next((v for v in status["versions"] if v["version"] == 0), None)
+    if first is None or first["test_accuracy"] is None:
+        return ""
+    return f" (the initial model: {first['test_accuracy']:.4f})"
+
+
 def _summary(status: dict[str, Any], config: DemoConfig, out: TextIO) -> None:
     rounds = sorted(status["rounds"], key=lambda r: r["round"])
     committed = [r for r in rounds if r["outcome"] == "committed"]
     print(
-        f"\n{len(committed)} rounds committed, {len(rounds) - len(committed)} aborted; "
-        f"final test accuracy {status['test_accuracy']:.4f}",
+        f"\n{_count(len(committed), 'round')} committed, {len(rounds) - len(committed)} aborted; "
+        f"final test accuracy {status['test_accuracy']:.4f}{_initial(status)}",
         file=out,
     )
     print("\nRound time by phase, seconds (mean over committed rounds):", file=out)

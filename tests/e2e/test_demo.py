@@ -42,8 +42,12 @@ def test_the_demo_trains_and_cleans_up(tmp_path: Path) -> None:
     assert "3 rounds committed, 0 aborted" in text
     rows = [line for line in text.splitlines() if re.match(r"\s+\d+\s+committed", line)]
     assert len(rows) == 3
-    final = float(re.search(r"final test accuracy (\d\.\d+)", text).group(1))  # type: ignore[union-attr]
-    assert final > 0.4  # the untrained model is at chance (about 0.1)
+    summary = re.search(r"final test accuracy (\d\.\d+) \(the initial model: (\d\.\d+)\)", text)
+    assert summary is not None, text
+    final, initial = float(summary[1]), float(summary[2])
+    assert initial < 0.3  # the untrained model is near chance (0.1)
+    assert final > initial + 0.3
+    assert re.search(rf"\s+init\s+model\s+{initial:.3f}", text), text
     assert "masked_input" in text  # the time split by phase
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert _leftovers(out) == []

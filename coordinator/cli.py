@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from coordinator.config import load_config
+from coordinator.config import CoordinatorConfig, load_config
 from coordinator.datadir import database_url, open_store, prepare_data_dir
 from coordinator.domain import EnrollmentToken
 from coordinator.errors import CoordinatorError, ErrorCode
@@ -59,10 +59,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in --data-dir)",
     )
     parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="(default: INFO)",
     )
     parser.add_argument(
-        "--log-format", default="text", choices=["text", "json"], help="json: one object per line"
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one object per line (default: text)",
     )
 
 
@@ -88,12 +94,19 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     _common(run)
-    run.add_argument("--listen", default="0.0.0.0:7070", help="HOST:PORT for agents (mutual TLS)")
+    run.add_argument(
+        "--listen",
+        default="0.0.0.0:7070",
+        help="HOST:PORT for agents, mutual TLS (default: 0.0.0.0:7070)",
+    )
     run.add_argument(
         "--enroll-listen", default=None, help="HOST:PORT for enrollment (default: port + 1)"
     )
     run.add_argument(
-        "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus /metrics on this port (default: off)",
     )
     run.add_argument("--config", type=Path, default=None, help="TOML configuration file")
     run.add_argument(
@@ -107,13 +120,38 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="a DNS name or IP agents reach this server by (repeatable; localhost is in)",
     )
-    run.add_argument("--task", default=None, help="task name or module:attr")
-    run.add_argument("--algorithm", default=None, help="fedadamw, fedadamw-full, fedavg-adamw, ...")
-    run.add_argument("--rounds", type=int, default=None, help="model versions to commit")
-    run.add_argument("--cohort", type=int, default=None, help="clients a round aims to finish with")
-    run.add_argument("--min-clients", type=int, default=None, help="fewer survivors abort a round")
-    run.add_argument("--local-steps", type=int, default=None, help="local steps K per round")
-    run.add_argument("--lr", type=float, default=None, help="base learning rate η0")
+    # These override the configuration file; what they show is its default.
+    d = CoordinatorConfig()
+    run.add_argument("--task", default=None, help=f"task name or module:attr (default: {d.task})")
+    run.add_argument(
+        "--algorithm",
+        default=None,
+        help=f"fedadamw, fedadamw-full, fedavg-adamw, ... (default: {d.algorithm})",
+    )
+    run.add_argument(
+        "--rounds", type=int, default=None, help=f"model versions to commit (default: {d.rounds})"
+    )
+    run.add_argument(
+        "--cohort",
+        type=int,
+        default=None,
+        help=f"agents a round starts with (default: {d.cohort})",
+    )
+    run.add_argument(
+        "--min-clients",
+        type=int,
+        default=None,
+        help=f"fewer survivors abort a round (default: {d.min_clients})",
+    )
+    run.add_argument(
+        "--local-steps",
+        type=int,
+        default=None,
+        help=f"local steps K per round (default: {d.local_steps})",
+    )
+    run.add_argument(
+        "--lr", type=float, default=None, help=f"base learning rate η0 (default: {d.lr:g})"
+    )
     run.set_defaults(run=_run)
 
     token = commands.add_parser("token", help="enrollment tokens").add_subparsers(
@@ -134,13 +172,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     listing = clients.add_parser("list", help="list enrolled clients")
     _common(listing)
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(run=_clients_list)
     revoke = clients.add_parser(
         "revoke", help="revoke a client", description="Revoke a client; its next RPC is refused."
     )
     _common(revoke)
-    revoke.add_argument("client_id", type=int)
+    revoke.add_argument("client_id", type=int, help="the id `clients list` shows")
     revoke.set_defaults(run=_clients_revoke)
 
     status = commands.add_parser(
@@ -158,7 +196,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     _common(export)
     export.add_argument("--version", type=int, default=None, help="default: the latest")
-    export.add_argument("--out", type=Path, required=True)
+    export.add_argument(
+        "--out", type=Path, required=True, help="the file to write (a torch state dict)"
+    )
     export.add_argument("--task", default=None, help="default: the task of the stored rounds")
     export.set_defaults(run=_export)
 

@@ -105,7 +105,10 @@ def _parser() -> argparse.ArgumentParser:
         help="the coordinator runs --insecure (no TLS): loopback development only",
     )
     enroll.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="(default: INFO)",
     )
     enroll.set_defaults(run=_enroll)
 
@@ -119,9 +122,11 @@ def _parser() -> argparse.ArgumentParser:
             "SIGTERM or Ctrl-C stops it cleanly."
         ),
     )
-    run.add_argument("--state-dir", type=Path, required=True)
+    run.add_argument("--state-dir", type=Path, required=True, help="the directory `enroll` filled")
     run.add_argument(
-        "--task", default="digits-cnn", help="the task this device trains (name or module:attr)"
+        "--task",
+        default="digits-cnn",
+        help="the task this device trains: name or module:attr (default: digits-cnn)",
     )
     run.add_argument(
         "--data", type=Path, default=None, help="this device's data, for tasks that read files"
@@ -130,11 +135,18 @@ def _parser() -> argparse.ArgumentParser:
         "--partition", default=None, help="built-in tasks: this device's share i/N of the data"
     )
     run.add_argument(
-        "--dirichlet", type=float, default=0.5, help="built-in tasks: the split's Dirichlet alpha"
+        "--dirichlet",
+        type=float,
+        default=0.5,
+        help="built-in tasks: the split's Dirichlet alpha (default: 0.5)",
     )
-    run.add_argument("--seed", type=int, default=0, help="built-in tasks: the split's seed")
     run.add_argument(
-        "--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:i"
+        "--seed", type=int, default=0, help="built-in tasks: the split's seed (default: 0)"
+    )
+    run.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when present; the default), cpu, cuda or cuda:i",
     )
     run.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
@@ -145,31 +157,48 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--metrics-host",
         default="127.0.0.1",
-        help="address the metrics listen on (0.0.0.0 to let a Prometheus elsewhere scrape)",
+        help="address the metrics listen on: 0.0.0.0 lets a Prometheus elsewhere scrape "
+        "(default: 127.0.0.1)",
     )
     run.add_argument(
-        "--max-model-bytes", type=int, default=256 << 20, help="refuse rounds with a larger model"
+        "--max-model-bytes",
+        type=int,
+        default=256 << 20,
+        help="refuse rounds with a larger model (default: 256 MiB)",
     )
     run.add_argument(
         "--min-threshold",
         type=int,
         default=2,
-        help="refuse rounds whose secure-aggregation threshold is lower",
+        help="refuse rounds whose secure-aggregation threshold is lower (default: 2)",
     )
     run.add_argument(
         "--allow-plain",
         action="store_true",
         help="also take part in rounds without secure aggregation",
     )
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    run.add_argument("--log-format", default="text", choices=["text", "json"])
+    run.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="(default: INFO)",
+    )
+    run.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one object per line (default: text)",
+    )
     run.set_defaults(run=_run)
 
     status = commands.add_parser("status", help="show enrollment and the last round")
-    status.add_argument("--state-dir", type=Path, required=True)
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--state-dir", type=Path, required=True, help="the agent's state directory")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument(
-        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="(default: WARNING)",
     )
     status.set_defaults(run=_status)
     return parser

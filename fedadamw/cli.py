@@ -31,6 +31,18 @@ from fedadamw.tasks import available_tasks, load_task
 __all__ = ["main"]
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless its help already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        none = default is None or default is False or default in ("", argparse.SUPPRESS)
+        if "default" in text or none:
+            return text
+        return super()._get_help_string(action) or text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -59,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
             "the same clients per round and the same batches. Writes metrics.csv (one row "
             "per algorithm and round), metrics.png and config.json to --out."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelp,
     )
     _simulation_flags(sim, SimulationConfig())
     sim.set_defaults(run=_simulate)
@@ -74,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
             "summary with round time by phase and a plot. Stops everything at the end or "
             "on Ctrl-C."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelp,
     )
     demo.add_argument("--task", default="digits-cnn", help="task name or module:attr")
     demo.add_argument("--clients", type=int, default=8, help="edge agents to start")

@@ -88,6 +88,7 @@ def utcnow() -> datetime:
 class Assignment:
     round_id: str
     secagg_id: int
+    phase: RoundPhase = RoundPhase.ADVERTISE_KEYS  # the round's phase when assigned
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,21 @@ class UploadProgress:
     total_chunks: int
     received: tuple[int, ...]
     complete: bool
+    phase: RoundPhase  # the round's phase when reported
+
+
+# Phases in the order a round goes through them; both ends rank last.
+_PHASE_RANK = {phase: min(i, 5) for i, phase in enumerate(RoundPhase)}
+
+
+def _check_reached(active: ActiveRound, seen: RoundPhase | None) -> None:
+    """A read names the latest phase its agent has seen; the round must have reached it."""
+    if seen is not None and _PHASE_RANK[seen] > _PHASE_RANK[active.phase]:
+        raise CoordinatorError(
+            ErrorCode.WRONG_PHASE,
+            f"round {active.round_id} is in phase {active.phase.value}; "
+            f"it has not reached {seen.value}",
+        )
 
 
 def _protocol_error(exc: SecAggError) -> CoordinatorError:
@@ -573,7 +589,7 @@ class RoundMachine:
         if active is not None and client.client_id in active.participants:
             p = active.participants[client.client_id]
             if p.secagg_id in active.aggregation.alive:
-                return Assignment(active.round_id, p.secagg_id)
+                return Assignment(active.round_id, p.secagg_id, active.phase)
         if self._finished_training:
             return RetryAfter(300, "training finished")
         previous = self._waiting.get(client.client_id)
@@ -620,15 +636,31 @@ class RoundMachine:
         return active, participant
 
     def round_settings(
-        self, client_id: int, round_id: str
-    ) -> tuple[RoundSettings, Participant, datetime]:
-        """The open round's settings for a participant, and when it started."""
+        self, client_id: int, round_id: str, seen: RoundPhase | None = None
+    ) -> tuple[RoundSettings, Participant, datetime, RoundPhase]:
+        """The open round's settings for a participant, when it started, and its phase."""
         active, participant = self._require(client_id, round_id, None)
-        return active.settings, participant, active.round.started_at
+        _check_reached(active, seen)
+        return active.settings, participant, active.round.started_at, active.phase
 
-    async def watch(self, client_id: int, round_id: str) -> AsyncIterator[RoundEvent]:
+    def round_blobs(self, client_id: int, round_id: str, seen: RoundPhase | None) -> set[str]:
+        """The blobs (sha256) a participant of the open round may download."""
+        active, _ = self._require(client_id, round_id, None)
+        _check_reached(active, seen)
+        settings = active.settings
+        return {
+            settings.model_sha256,
+            settings.global_update_sha256,
+            settings.second_moment_sha256,
+        }
+
+    async def watch(
+        self, client_id: int, round_id: str, seen: RoundPhase | None = None
+    ) -> AsyncIterator[RoundEvent]:
         """The round's events for ``client_id``: the current phase first, then each change."""
         active = self.active
+        if active is not None and active.round_id == round_id:
+            _check_reached(active, seen)
         if active is None or active.round_id != round_id:
             round_ = await asyncio.to_thread(self.store.get_round, round_id)
             # only its own cohort may learn how a round ended
@@ -816,12 +848,16 @@ class RoundMachine:
         for message in input_messages(active.settings, self.spool, secagg, session_id):
             active.aggregation.receive(message)
 
-    def upload_progress(self, client_id: int, round_id: str) -> UploadProgress:
+    def upload_progress(
+        self, client_id: int, round_id: str, seen: RoundPhase | None = None
+    ) -> UploadProgress:
         active, participant = self._require(client_id, round_id, None)
+        _check_reached(active, seen)
         received = tuple(sorted(active.receipts.get(participant.secagg_id, {})))
         return UploadProgress(
             round_id=round_id,
             total_chunks=active.settings.total_chunks,
             received=received,
             complete=participant.secagg_id in active.complete,
+            phase=active.phase,
         )

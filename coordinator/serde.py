@@ -112,12 +112,18 @@ def phase_from_proto(phase: int) -> RoundPhase:
         raise _invalid(f"phase {phase} is not a round phase") from exc
 
 
+def seen_phase_from_proto(phase: int) -> RoundPhase | None:
+    """The latest phase a read says its agent has seen; ``None`` for none yet."""
+    return None if phase == pb.PHASE_UNSPECIFIED else phase_from_proto(phase)
+
+
 def settings_to_proto(
-    settings: RoundSettings, *, secagg_id: int, started_at: datetime
+    settings: RoundSettings, *, secagg_id: int, started_at: datetime, phase: RoundPhase
 ) -> pb.RoundConfig:
     deadlines = settings.deadlines_from(started_at)
     return pb.RoundConfig(
         round_id=settings.round_id,
+        phase=phase_to_proto(phase),
         round_number=settings.number,
         model_version=settings.model_version,
         task=settings.task,
@@ -331,4 +337,5 @@ def upload_status_to_proto(progress: UploadProgress) -> pb.UploadStatus:
         total_chunks=progress.total_chunks,
         received_chunks=list(progress.received),
         complete=progress.complete,
+        phase=phase_to_proto(progress.phase),
     )

@@ -305,18 +305,24 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
         answer = await self.machine.check_in(client, task=request.task, wait=wait)
         if isinstance(answer, Assignment):
             return pb.CheckInResponse(
-                assignment=pb.RoundAssignment(round_id=answer.round_id, secagg_id=answer.secagg_id)
+                assignment=pb.RoundAssignment(
+                    round_id=answer.round_id,
+                    secagg_id=answer.secagg_id,
+                    phase=serde.phase_to_proto(answer.phase),
+                )
             )
         return pb.CheckInResponse(retry_after_seconds=answer.seconds)
 
     @_unary("GetRoundConfig")
     async def GetRoundConfig(self, request: pb.RoundRef, context: Context) -> pb.RoundConfig:
         client_id = await self._caller(context)
-        settings, participant, started = self.machine.round_settings(
-            client_id, serde.check_round_id(request.round_id)
+        settings, participant, started, phase = self.machine.round_settings(
+            client_id,
+            serde.check_round_id(request.round_id),
+            serde.seen_phase_from_proto(request.phase),
         )
         return serde.settings_to_proto(
-            settings, secagg_id=participant.secagg_id, started_at=started
+            settings, secagg_id=participant.secagg_id, started_at=started, phase=phase
         )
 
     @_streaming("DownloadBlob")
@@ -325,19 +331,14 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
     ) -> AsyncIterator[pb.BlobChunk]:
         client_id = await self._caller(context)
         sha256 = serde.check_sha256(request.sha256)
-        active = self.machine.active
-        allowed = (
-            {
-                active.settings.model_sha256,
-                active.settings.global_update_sha256,
-                active.settings.second_moment_sha256,
-            }
-            if active is not None and client_id in active.participants
-            else set()
+        allowed = self.machine.round_blobs(
+            client_id,
+            serde.check_round_id(request.round_id),
+            serde.seen_phase_from_proto(request.phase),
         )
         if sha256 not in allowed:
             raise CoordinatorError(
-                ErrorCode.NOT_FOUND, "only the blobs of a round you take part in can be downloaded"
+                ErrorCode.NOT_FOUND, f"blob {sha256} is not one of round {request.round_id}'s"
             )
         chunks = await asyncio.to_thread(
             lambda: iter(
@@ -360,7 +361,12 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
         self, request: pb.RoundRef, context: Context
     ) -> AsyncIterator[pb.RoundEvent]:
         client_id = await self._caller(context)
-        async for event in self.machine.watch(client_id, serde.check_round_id(request.round_id)):
+        events = self.machine.watch(
+            client_id,
+            serde.check_round_id(request.round_id),
+            serde.seen_phase_from_proto(request.phase),
+        )
+        async for event in events:
             yield serde.event_to_proto(event)
 
     async def _submit(
@@ -438,7 +444,11 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
     @_unary("GetUploadStatus")
     async def GetUploadStatus(self, request: pb.RoundRef, context: Context) -> pb.UploadStatus:
         client_id = await self._caller(context)
-        progress = self.machine.upload_progress(client_id, serde.check_round_id(request.round_id))
+        progress = self.machine.upload_progress(
+            client_id,
+            serde.check_round_id(request.round_id),
+            serde.seen_phase_from_proto(request.phase),
+        )
         return serde.upload_status_to_proto(progress)
 
     @_unary("SubmitConsistencySignature")

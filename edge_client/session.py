@@ -162,7 +162,12 @@ class RoundSession:
         # seconds this agent spent, by stage (its own work and calls, not waiting for others)
         self.timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         self.uploaded_bytes = 0
-        self.phase: pb.Phase = pb.PHASE_ADVERTISE_KEYS  # the phase of the latest event
+        # the latest phase seen: the assignment's, then each event's
+        self.phase: pb.Phase = assignment.phase or pb.PHASE_ADVERTISE_KEYS
+
+    def _ref(self) -> pb.RoundRef:
+        """This round, and the latest phase this agent has seen of it."""
+        return pb.RoundRef(round_id=self.round_id, phase=self.phase)
 
     # --- calls with retry ----------------------------------------------------------------
 
@@ -217,9 +222,9 @@ class RoundSession:
             self.state = None  # the round's keys die here
 
     async def _run(self) -> RoundResult:
-        ref = pb.RoundRef(round_id=self.round_id)
         config = await self._call(
-            "GetRoundConfig", lambda: self.stub.GetRoundConfig(ref, metadata=self.metadata)
+            "GetRoundConfig",
+            lambda: self.stub.GetRoundConfig(self._ref(), metadata=self.metadata),
         )
         self.config = config
         if config.deadlines:
@@ -258,9 +263,7 @@ class RoundSession:
         """The round's events, reopening the stream when the coordinator goes away."""
         delay = 0.2
         while True:
-            stream = self.stub.WatchRound(
-                pb.RoundRef(round_id=self.round_id), metadata=self.metadata
-            )
+            stream = self.stub.WatchRound(self._ref(), metadata=self.metadata)
             try:
                 while True:
                     event = await self._next_event(stream)
@@ -433,7 +436,12 @@ class RoundSession:
             if whole != len(data):
                 part.write_bytes(data[:whole])
         while True:
-            request = pb.DownloadRequest(sha256=ref.sha256, start_chunk=len(chunks))
+            request = pb.DownloadRequest(
+                sha256=ref.sha256,
+                start_chunk=len(chunks),
+                round_id=self.round_id,
+                phase=self.phase,
+            )
             try:
                 async for chunk in self.stub.DownloadBlob(request, metadata=self.metadata):
                     if chunk.index != len(chunks):
@@ -466,11 +474,10 @@ class RoundSession:
         itemsize = vector.dtype.itemsize
         chunk_bytes = config.chunk_elements * itemsize
         total = config.total_chunks
-        ref = pb.RoundRef(round_id=self.round_id)
         delay = 0.2
         while True:
             try:
-                status = await self.stub.GetUploadStatus(ref, metadata=self.metadata)
+                status = await self.stub.GetUploadStatus(self._ref(), metadata=self.metadata)
                 if status.complete:
                     self.progress("upload", total, total)
                     return

@@ -78,18 +78,22 @@ class CheckInResponse(_message.Message):
     def __init__(self, assignment: _Optional[_Union[RoundAssignment, _Mapping]] = ..., retry_after_seconds: _Optional[int] = ...) -> None: ...
 
 class RoundAssignment(_message.Message):
-    __slots__ = ("round_id", "secagg_id")
+    __slots__ = ("round_id", "secagg_id", "phase")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     SECAGG_ID_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     secagg_id: int
-    def __init__(self, round_id: _Optional[str] = ..., secagg_id: _Optional[int] = ...) -> None: ...
+    phase: Phase
+    def __init__(self, round_id: _Optional[str] = ..., secagg_id: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ...) -> None: ...
 
 class RoundRef(_message.Message):
-    __slots__ = ("round_id",)
+    __slots__ = ("round_id", "phase")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
     round_id: str
-    def __init__(self, round_id: _Optional[str] = ...) -> None: ...
+    phase: Phase
+    def __init__(self, round_id: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ...) -> None: ...
 
 class BlobRef(_message.Message):
     __slots__ = ("sha256", "size")
@@ -126,7 +130,7 @@ class PhaseDeadline(_message.Message):
     def __init__(self, phase: _Optional[_Union[Phase, str]] = ..., unix_ms: _Optional[int] = ...) -> None: ...
 
 class RoundConfig(_message.Message):
-    __slots__ = ("round_id", "round_number", "model_version", "task", "algorithm", "layout_fingerprint", "block_mode", "model", "global_update", "second_moment", "hyper", "local_steps", "global_step", "batch_size", "secagg_session_json", "secagg_id", "chunk_elements", "total_chunks", "deadlines", "quantization_json", "secure_aggregation")
+    __slots__ = ("round_id", "round_number", "model_version", "task", "algorithm", "layout_fingerprint", "block_mode", "model", "global_update", "second_moment", "hyper", "local_steps", "global_step", "batch_size", "secagg_session_json", "secagg_id", "chunk_elements", "total_chunks", "deadlines", "quantization_json", "secure_aggregation", "phase")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_NUMBER_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +152,7 @@ class RoundConfig(_message.Message):
     DEADLINES_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_JSON_FIELD_NUMBER: _ClassVar[int]
     SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     round_number: int
     model_version: int
@@ -169,15 +174,20 @@ class RoundConfig(_message.Message):
     deadlines: _containers.RepeatedCompositeFieldContainer[PhaseDeadline]
     quantization_json: str
     secure_aggregation: bool
-    def __init__(self, round_id: _Optional[str] = ..., round_number: _Optional[int] = ..., model_version: _Optional[int] = ..., task: _Optional[str] = ..., algorithm: _Optional[str] = ..., layout_fingerprint: _Optional[str] = ..., block_mode: _Optional[str] = ..., model: _Optional[_Union[BlobRef, _Mapping]] = ..., global_update: _Optional[_Union[BlobRef, _Mapping]] = ..., second_moment: _Optional[_Union[BlobRef, _Mapping]] = ..., hyper: _Optional[_Union[Hyperparameters, _Mapping]] = ..., local_steps: _Optional[int] = ..., global_step: _Optional[int] = ..., batch_size: _Optional[int] = ..., secagg_session_json: _Optional[str] = ..., secagg_id: _Optional[int] = ..., chunk_elements: _Optional[int] = ..., total_chunks: _Optional[int] = ..., deadlines: _Optional[_Iterable[_Union[PhaseDeadline, _Mapping]]] = ..., quantization_json: _Optional[str] = ..., secure_aggregation: _Optional[bool] = ...) -> None: ...
+    phase: Phase
+    def __init__(self, round_id: _Optional[str] = ..., round_number: _Optional[int] = ..., model_version: _Optional[int] = ..., task: _Optional[str] = ..., algorithm: _Optional[str] = ..., layout_fingerprint: _Optional[str] = ..., block_mode: _Optional[str] = ..., model: _Optional[_Union[BlobRef, _Mapping]] = ..., global_update: _Optional[_Union[BlobRef, _Mapping]] = ..., second_moment: _Optional[_Union[BlobRef, _Mapping]] = ..., hyper: _Optional[_Union[Hyperparameters, _Mapping]] = ..., local_steps: _Optional[int] = ..., global_step: _Optional[int] = ..., batch_size: _Optional[int] = ..., secagg_session_json: _Optional[str] = ..., secagg_id: _Optional[int] = ..., chunk_elements: _Optional[int] = ..., total_chunks: _Optional[int] = ..., deadlines: _Optional[_Iterable[_Union[PhaseDeadline, _Mapping]]] = ..., quantization_json: _Optional[str] = ..., secure_aggregation: _Optional[bool] = ..., phase: _Optional[_Union[Phase, str]] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
-    __slots__ = ("sha256", "start_chunk")
+    __slots__ = ("sha256", "start_chunk", "round_id", "phase")
     SHA256_FIELD_NUMBER: _ClassVar[int]
     START_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
     sha256: str
     start_chunk: int
-    def __init__(self, sha256: _Optional[str] = ..., start_chunk: _Optional[int] = ...) -> None: ...
+    round_id: str
+    phase: Phase
+    def __init__(self, sha256: _Optional[str] = ..., start_chunk: _Optional[int] = ..., round_id: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ...) -> None: ...
 
 class BlobChunk(_message.Message):
     __slots__ = ("index", "total_chunks", "total_size", "data")
@@ -332,16 +342,18 @@ class MaskedInputChunk(_message.Message):
     def __init__(self, round_id: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., chunk_index: _Optional[int] = ..., values: _Optional[bytes] = ...) -> None: ...
 
 class UploadStatus(_message.Message):
-    __slots__ = ("round_id", "total_chunks", "received_chunks", "complete")
+    __slots__ = ("round_id", "total_chunks", "received_chunks", "complete", "phase")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     TOTAL_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     total_chunks: int
     received_chunks: _containers.RepeatedScalarFieldContainer[int]
     complete: bool
-    def __init__(self, round_id: _Optional[str] = ..., total_chunks: _Optional[int] = ..., received_chunks: _Optional[_Iterable[int]] = ..., complete: _Optional[bool] = ...) -> None: ...
+    phase: Phase
+    def __init__(self, round_id: _Optional[str] = ..., total_chunks: _Optional[int] = ..., received_chunks: _Optional[_Iterable[int]] = ..., complete: _Optional[bool] = ..., phase: _Optional[_Union[Phase, str]] = ...) -> None: ...
 
 class ConsistencySignatureRequest(_message.Message):
     __slots__ = ("round_id", "phase", "session_id", "signature")

@@ -386,10 +386,14 @@ def test_a_client_outside_the_cohort_cannot_touch_the_round(cluster: Cluster) ->
                         refused.setdefault(name, []).append(pb.Phase.Name(phase))
                     assert s.config is not None
                     for blob in (s.config.model, s.config.global_update, s.config.second_moment):
-                        request = pb.DownloadRequest(sha256=blob.sha256)
-                        await expect(
-                            S.NOT_FOUND, drain(outsider.stub.DownloadBlob(request, timeout=10))
+                        request = pb.DownloadRequest(
+                            sha256=blob.sha256, round_id=s.round_id, phase=phase
                         )
+                        details = await expect(
+                            S.PERMISSION_DENIED,
+                            drain(outsider.stub.DownloadBlob(request, timeout=10)),
+                        )
+                        assert "not a participant of the round" in details
 
                 return hook
 

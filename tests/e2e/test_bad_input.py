@@ -250,6 +250,9 @@ def _round_calls(
             _signature(round_id), timeout=10
         ),
         "Unmask": lambda: stub.Unmask(_unmask(round_id), timeout=10),
+        "DownloadBlob": lambda: drain(
+            stub.DownloadBlob(pb.DownloadRequest(sha256="0" * 64, round_id=round_id), timeout=10)
+        ),
         "AbortRound": lambda: stub.AbortRound(
             pb.AbortRoundRequest(round_id=round_id, phase=ADVERTISE, reason="cancelled"),
             timeout=10,
@@ -281,6 +284,54 @@ def test_round_ids_are_checked_on_every_round_rpc(cluster: Cluster) -> None:
         assert config.round_id == s.round_id
 
     cluster.play({"AdvertiseKeys": during_advertise_keys})
+
+
+def test_reads_name_a_phase_the_round_has_reached(cluster: Cluster) -> None:
+    async def during_share_keys(s: HookedSession) -> None:
+        stub, rid = s.stub, s.round_id
+        assert s.config is not None
+        model = s.config.model.sha256
+
+        async def first_event(ref: pb.RoundRef) -> pb.RoundEvent:
+            call = stub.WatchRound(ref, timeout=10)
+            try:
+                event: pb.RoundEvent = await call.read()
+                return event
+            finally:
+                call.cancel()
+
+        def reads(phase: int) -> dict[str, Callable[[], Awaitable[object]]]:
+            ref = pb.RoundRef(round_id=rid, phase=phase)
+            blob = pb.DownloadRequest(sha256=model, round_id=rid, phase=phase)
+            return {
+                "GetRoundConfig": lambda: stub.GetRoundConfig(ref, timeout=10),
+                "GetUploadStatus": lambda: stub.GetUploadStatus(ref, timeout=10),
+                "WatchRound": lambda: first_event(ref),
+                "DownloadBlob": lambda: drain(stub.DownloadBlob(blob, timeout=10)),
+            }
+
+        # phases the round has not reached, its ends included
+        for phase in (pb.PHASE_MASKED_INPUT, pb.PHASE_UNMASKING, pb.PHASE_COMMITTED):
+            for name, call in reads(phase).items():
+                details = await expect(S.FAILED_PRECONDITION, call())
+                assert "has not reached" in details, name
+        for name, call in reads(99).items():
+            details = await expect(S.INVALID_ARGUMENT, call())
+            assert "not a round phase" in details, name
+        # none seen yet, an earlier phase, and the current one are all fine
+        for phase in (pb.PHASE_UNSPECIFIED, pb.PHASE_ADVERTISE_KEYS, pb.PHASE_SHARE_KEYS):
+            answers = {name: await call() for name, call in reads(phase).items()}
+            config = answers["GetRoundConfig"]
+            assert isinstance(config, pb.RoundConfig)
+            assert config.phase == pb.PHASE_SHARE_KEYS  # answers carry the round's phase
+            status = answers["GetUploadStatus"]
+            assert isinstance(status, pb.UploadStatus)
+            assert status.phase == pb.PHASE_SHARE_KEYS
+            event = answers["WatchRound"]
+            assert isinstance(event, pb.RoundEvent)
+            assert event.phase == pb.PHASE_SHARE_KEYS
+
+    cluster.play({"ShareKeys": during_share_keys})
 
 
 def test_advertise_keys_refuses_bad_keys_and_other_phases(cluster: Cluster) -> None:
@@ -479,8 +530,12 @@ def test_download_blob_serves_only_the_round_blobs(cluster: Cluster) -> None:
         model = s.config.model.sha256
         assert cluster.first_model != model
 
-        def download(sha256: str, start: int = 0) -> Awaitable[list[pb.BlobChunk]]:
-            request = pb.DownloadRequest(sha256=sha256, start_chunk=start)
+        def download(
+            sha256: str, start: int = 0, round_id: str = s.round_id
+        ) -> Awaitable[list[pb.BlobChunk]]:
+            request = pb.DownloadRequest(
+                sha256=sha256, start_chunk=start, round_id=round_id, phase=pb.PHASE_SHARE_KEYS
+            )
             return drain(stub.DownloadBlob(request, timeout=10))
 
         for malformed in ["", "zz", model.upper(), model[:-1], model + "0", "../" + model[3:]]:
@@ -488,6 +543,8 @@ def test_download_blob_serves_only_the_round_blobs(cluster: Cluster) -> None:
         await expect(S.NOT_FOUND, download(cluster.first_model))  # stored, not this round's
         await expect(S.NOT_FOUND, download(hashlib.sha256(b"nothing").hexdigest()))
         await expect(S.INVALID_ARGUMENT, download(model, start=10**6))
+        await expect(S.INVALID_ARGUMENT, download(model, round_id=""))  # which round?
+        await expect(S.FAILED_PRECONDITION, download(model, round_id=cluster.finished_round))
         chunks = await download(model)
         data = b"".join(c.data for c in chunks)
         assert hashlib.sha256(data).hexdigest() == model

@@ -52,7 +52,7 @@ import numpy.typing as npt
 
 from coordinator.errors import CoordinatorError, ErrorCode
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "BlobStore", "InputSpool"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "BlobStore", "InputSpool", "fsync_dir", "write_atomically"]
 
 DEFAULT_CHUNK_SIZE = 1 << 20  # bytes
 
@@ -75,13 +75,43 @@ def _make_dir(path: Path) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """Make a directory's entries (a rename, a new or removed file) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_atomically(
+    path: Path, data: bytes, *, mode: int = 0o600, temp_prefix: str | None = None
+) -> None:
+    """Replace ``path`` with ``data`` durably: a whole old file or a whole new one survives
+    a crash at any moment.
+
+    The temp file (``temp_prefix``, by default ``.NAME.``) is made 0600 with O_EXCL beside
+    ``path``, so the rename is atomic; it is set to ``mode``, written and fsynced, then
+    renamed over ``path``, and the directory is fsynced.
+    """
+    prefix = f".{path.name}." if temp_prefix is None else temp_prefix
+    fd, temp_name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+    try:
+        try:
+            if mode != 0o600:
+                os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+    fsync_dir(path.parent)
 
 
 def _os_error(what: str, exc: OSError) -> CoordinatorError:
@@ -142,28 +172,9 @@ class BlobStore:
         return sha
 
     def _write_atomically(self, path: Path, data: bytes) -> None:
-        directory = path.parent
-        created = _make_dir(directory)
-        if created:
-            _fsync_dir(self._root)
-        # mkstemp creates the file 0600 with O_EXCL, in the same directory as the target so
-        # the rename below is atomic.
-        fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=directory)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp_name, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp_name)
-            raise
-        _fsync_dir(directory)
+        if _make_dir(path.parent):
+            fsync_dir(self._root)
+        write_atomically(path, data, temp_prefix=_TEMP_PREFIX)
 
     def put_array(self, array: npt.NDArray[np.generic]) -> str:
         """Store a 1-D numeric array as its raw little-endian bytes; return the sha256 hex.
@@ -281,7 +292,7 @@ class BlobStore:
             raise CoordinatorError(ErrorCode.NOT_FOUND, f"no blob {sha}") from exc
         except OSError as exc:
             raise _os_error(f"deleting blob {sha}", exc) from exc
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def sweep_temporary(self) -> int:
         """Remove temp files left by writes a crash interrupted; return how many.
@@ -338,7 +349,7 @@ class InputSpool:
         path = self._path(round_id, secagg_id)
         try:
             if _make_dir(path.parent):
-                _fsync_dir(self._root)
+                fsync_dir(self._root)
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
                 created = True
@@ -356,7 +367,7 @@ class InputSpool:
             finally:
                 os.close(fd)
             if created:
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
         except OSError as exc:
             raise _os_error(f"spooling round {round_id} input {secagg_id}", exc) from exc
 
@@ -453,7 +464,7 @@ class InputSpool:
             return
         except OSError as exc:
             raise _os_error(f"removing the spool of round {round_id}", exc) from exc
-        _fsync_dir(self._root)
+        fsync_dir(self._root)
 
     def rounds(self) -> list[str]:
         """The round ids with a spool directory, sorted (to clean up after a restart)."""

@@ -45,10 +45,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
-import os
 import re
 import secrets
-import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -60,6 +58,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from coordinator.blobs import write_atomically
 from coordinator.errors import CoordinatorError, ErrorCode
 
 __all__ = [
@@ -118,34 +117,6 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(path: Path, data: bytes, *, mode: int) -> None:
-    """Replace ``path`` with ``data``; the temp file is 0600 from birth, then ``mode``."""
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -273,7 +244,7 @@ class CertificateAuthority:
             )
         else:
             key = ec.generate_private_key(ec.SECP256R1())
-            _write_atomically(key_path, _key_pem(key), mode=0o600)
+            write_atomically(key_path, _key_pem(key), mode=0o600)
         if cert_path.exists():
             certificate = _load_certificate_file(cert_path)
             if not _same_key(certificate, key):
@@ -285,7 +256,7 @@ class CertificateAuthority:
             # Only ever reached on first start (or when that start crashed between the
             # two writes), so no agent can trust an earlier CA certificate.
             certificate = _self_signed_ca(key, now)
-            _write_atomically(
+            write_atomically(
                 cert_path, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644
             )
         if certificate.not_valid_after_utc <= now:
@@ -323,8 +294,8 @@ class CertificateAuthority:
                 san = old.extensions.get_extension_for_class(x509.SubjectAlternativeName)
                 names.extend(entry for entry in san.value if entry not in names)
         certificate = _issue_server_certificate(ca_key, ca_certificate, key, names, now)
-        _write_atomically(key_path, _key_pem(key), mode=0o600)
-        _write_atomically(
+        write_atomically(key_path, _key_pem(key), mode=0o600)
+        write_atomically(
             cert_path, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644
         )
         return key, certificate

@@ -659,8 +659,6 @@ class RoundMachine:
     ) -> AsyncIterator[RoundEvent]:
         """The round's events for ``client_id``: the current phase first, then each change."""
         active = self.active
-        if active is not None and active.round_id == round_id:
-            _check_reached(active, seen)
         if active is None or active.round_id != round_id:
             round_ = await asyncio.to_thread(self.store.get_round, round_id)
             # only its own cohort may learn how a round ended
@@ -684,6 +682,7 @@ class RoundMachine:
                 ErrorCode.NOT_IN_COHORT, f"client {client_id} is not in round {round_id}"
             )
         participant = member
+        _check_reached(active, seen)
         queue: asyncio.Queue[RoundEvent] = asyncio.Queue()
         # Under the lock that phase changes take, so no change is both the first event
         # and queued.

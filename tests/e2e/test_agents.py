@@ -236,34 +236,36 @@ def test_agents_ride_out_a_coordinator_restart(tmp_path: Path) -> None:
     assert any("unreachable" in a.log() or "reconnecting" in a.log() for a in agents)
 
 
-def _kill_coordinator_in(coordinator: Coordinator, phase: RoundPhase, timeout: float = 120) -> None:
+def _poll_store(
+    coordinator: Coordinator, done: Callable[[SqlStore], bool], what: str, timeout: float
+) -> None:
+    """Poll the coordinator's database (faster than the CLI) until ``done`` holds."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        store = _store(coordinator)
-        try:
-            open_round = store.open_round()
-        finally:
-            store.close()
-        if open_round is not None and open_round.phase is phase:
-            coordinator.kill()
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"the coordinator never reached {phase}")
+    store = _store(coordinator)
+    try:
+        while not done(store):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} never came:\n{coordinator.log()[-3000:]}")
+            time.sleep(0.05)
+    finally:
+        store.close()
+
+
+def _kill_coordinator_in(coordinator: Coordinator, phase: RoundPhase, timeout: float = 120) -> None:
+    def in_phase(store: SqlStore) -> bool:
+        open_round = store.open_round()
+        return open_round is not None and open_round.phase is phase
+
+    _poll_store(coordinator, in_phase, f"phase {phase}", timeout)
+    coordinator.kill()
 
 
 def _wait_version(coordinator: Coordinator, version: int, timeout: float = 180) -> None:
-    """Poll the database (faster than the CLI) until ``version`` is committed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        store = _store(coordinator)
-        try:
-            latest = store.latest_version()
-        finally:
-            store.close()
-        if latest is not None and latest.version >= version:
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"version {version} never came:\n{coordinator.log()[-3000:]}")
+    def committed(store: SqlStore) -> bool:
+        latest = store.latest_version()
+        return latest is not None and latest.version >= version
+
+    _poll_store(coordinator, committed, f"version {version}", timeout)
 
 
 def test_state_directory_reuse_and_damage(tmp_path: Path) -> None:

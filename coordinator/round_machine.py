@@ -345,7 +345,13 @@ class RoundMachine:
             len(participants),
             version.version,
             settings.lr,
-            "secure aggregation" if settings.secure else "PLAIN sums (no secure aggregation)",
+            (
+                f"secure aggregation (t={settings.threshold}, "
+                f"k={settings.degree if settings.degree is not None else 'complete'}, "
+                f"ring 2^{settings.layout.ring_bits})"
+            )
+            if settings.secure
+            else "PLAIN sums (no secure aggregation)",
         )
         return active
 

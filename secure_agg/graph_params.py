@@ -19,13 +19,10 @@ these hold, and return the smallest valid ``t``:
    consecutive clients are all corrupt or dropped: ``n (n - k - 1) / 2`` placements, each
    with probability ``(A + D)_k / (n)_k`` (falling factorials, all ``k`` positions bad).
    Require the sum below ``2**-41``.
-2. *Privacy of each client's masks* against a server that lies about dropouts. Honest
-   neighbours reveal either the b-share or the s-share of a client, never both, so the
-   server holds both secrets only if ``t`` honest-or-corrupt neighbours back each, which
-   needs ``2t <= k + X`` for ``X`` corrupt neighbours. ``X`` is hypergeometric
-   ``(n, A, k)``; with ``t1`` the least value such that ``n * P[X > t1] <= 2**-41``, take
-   ``t = max(2, t1 + 1, ceil((k + t1 + 1) / 2))``. (This also gives ``t > X``, so corrupt
-   neighbours alone cannot rebuild anything.)
+2. *Privacy of each client's masks* against a server that lies about dropouts: ``t`` is
+   :func:`~secure_agg.threshold.required_threshold`, the rule every client also checks
+   (``2t > k + c`` for ``c`` assumed corrupt neighbours; derived in
+   :mod:`secure_agg.threshold`). Degrees for which it exceeds ``k`` are skipped.
 3. *Correctness*: every client keeps at least ``t`` surviving neighbours. ``Y``, the
    surviving neighbours, is hypergeometric ``(n, n - D, k)``; require
    ``n * P[Y < t] <= 2**-20``.
@@ -78,6 +75,7 @@ import math
 import numpy as np
 
 from secure_agg.errors import ErrorCode, SecAggError
+from secure_agg.threshold import SECURITY_BITS, hypergeometric_pmf, required_threshold
 
 __all__ = [
     "COMPLETE_GRAPH_MAX_CLIENTS",
@@ -88,7 +86,6 @@ __all__ = [
     "choose_parameters",
 ]
 
-SECURITY_BITS = 40
 CORRECTNESS_BITS = 20
 COMPLETE_GRAPH_MAX_CLIENTS = 100
 _EPS = 1e-12
@@ -106,33 +103,6 @@ class GraphParameters:
         return n - 1 if self.degree is None or self.degree >= n - 1 else self.degree
 
 
-def _log_comb(n: int, k: int) -> float:
-    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
-
-
-def _hypergeometric_pmf(population: int, marked: int, draws: int) -> np.ndarray:
-    """``P[X = x]`` for ``x = 0..draws``, ``X`` marked items among ``draws`` drawn.
-
-    The first nonzero term comes from ``lgamma``; the rest from the ratio
-    ``P(x+1)/P(x) = (K-x)(k-x) / ((x+1)(N-K-k+x+1))``, summed in log space.
-    """
-    pmf = np.zeros(draws + 1)
-    low = max(0, draws - (population - marked))
-    high = min(draws, marked)
-    log_first = (
-        _log_comb(marked, low)
-        + _log_comb(population - marked, draws - low)
-        - _log_comb(population, draws)
-    )
-    x = np.arange(low, high, dtype=np.float64)
-    steps = np.log((marked - x) * (draws - x)) - np.log(
-        (x + 1) * (population - marked - draws + x + 1)
-    )
-    logs = log_first + np.concatenate(([0.0], np.cumsum(steps)))
-    pmf[low : high + 1] = np.exp(logs)
-    return pmf
-
-
 def _log_disconnect_probability(n: int, k: int, bad: int) -> float:
     """Natural log of the union bound of rule 1; ``-inf`` when ``bad < k``."""
     if bad < k:
@@ -147,21 +117,18 @@ def _log_disconnect_probability(n: int, k: int, bad: int) -> float:
     return log_placements + log_all_bad
 
 
-def _harary_threshold(n: int, k: int, corrupt: int, dropped: int) -> int | None:
+def _harary_threshold(
+    n: int, k: int, *, corrupt_rate: float, corrupt: int, dropped: int
+) -> int | None:
     """The ``t`` that rules 1 to 3 allow for degree ``k``, or ``None``."""
     security = 2.0 ** -(SECURITY_BITS + 1)
     correctness = 2.0**-CORRECTNESS_BITS
     if _log_disconnect_probability(n, k, corrupt + dropped) >= math.log(security):
         return None
-    adversarial = _hypergeometric_pmf(n, corrupt, k)
-    # at_least[x] = P[X >= x] for x = 0..k+1; it falls with x, so the x failing the bound
-    # form a prefix, and t1 + 1 is the first x that meets it.
-    at_least = np.concatenate((np.cumsum(adversarial[::-1])[::-1], [0.0]))
-    t1 = int(np.count_nonzero(n * at_least > security)) - 1
-    threshold = max(2, t1 + 1, math.ceil((k + t1 + 1) / 2))
+    threshold = required_threshold(clients=n, holders=k, corrupt_rate=corrupt_rate)
     if threshold > k:
         return None
-    surviving = _hypergeometric_pmf(n, n - dropped, k)
+    surviving = hypergeometric_pmf(n, n - dropped, k)
     if n * float(np.sum(surviving[:threshold])) > correctness:
         return None
     return threshold
@@ -182,10 +149,12 @@ def choose_parameters(n: int, *, dropout_rate: float, corrupt_rate: float) -> Gr
     dropped = math.floor(dropout_rate * n + _EPS)
     if n > COMPLETE_GRAPH_MAX_CLIENTS:
         for k in range(2, n - 1, 2):
-            threshold = _harary_threshold(n, k, corrupt, dropped)
+            threshold = _harary_threshold(
+                n, k, corrupt_rate=corrupt_rate, corrupt=corrupt, dropped=dropped
+            )
             if threshold is not None:
                 return GraphParameters(degree=k, threshold=threshold)
-    threshold = max(2, (n - 1 + corrupt) // 2 + 1)
+    threshold = required_threshold(clients=n, holders=n - 1, corrupt_rate=corrupt_rate)
     if threshold > n - dropped - 1:
         raise SecAggError(
             ErrorCode.INVALID_PARAMETERS,

@@ -30,6 +30,7 @@ from secure_agg import (
     ClientAbort,
     ClientMessage,
     ConsistencySignature,
+    DropReason,
     EncryptedShare,
     MaskedInputChunk,
     RevealedShare,
@@ -181,6 +182,7 @@ def _phase_messages(
                 identity_key=identity[r.secagg_id],
                 encryption_key=r.encryption_key,
                 masking_key=r.masking_key,
+                self_mask_commitment=r.self_mask_commitment,
                 signature=r.signature,
             )
             for r in store.list_advertised_keys(round_id)
@@ -259,6 +261,10 @@ def replay(
             aggregation.receive(message)
             if isinstance(message, MaskedInputChunk):
                 complete.add(message.client_id)
+        if isinstance(aggregation, SecureAggregation):
+            for p in participants:
+                if p.dropped_in is phase and p.drop_reason == DropReason.INVALID_MESSAGE.value:
+                    aggregation.drop(p.secagg_id, DropReason.INVALID_MESSAGE)
         if phase is round_.phase:
             break
         closed = aggregation.close()

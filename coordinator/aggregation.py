@@ -26,6 +26,7 @@ from coordinator.domain import RoundPhase
 from secure_agg import (
     ClientAbort,
     ClientMessage,
+    DropReason,
     MaskedInputChunk,
     ReceiveOutcome,
     SecAggError,
@@ -67,6 +68,8 @@ class PhaseClosed:
     survivors: tuple[int, ...] = ()
     aborted: str | None = None
     dropped: Mapping[int, str] = field(default_factory=dict)
+    culprits: frozenset[int] = frozenset()
+    """Secagg ids proven to have caused the abort (forged shares), where known."""
 
 
 class Aggregation(abc.ABC):
@@ -141,6 +144,10 @@ class SecureAggregation(Aggregation):
     def receive(self, message: ClientMessage) -> ReceiveOutcome:
         return self._state.receive(message)
 
+    def drop(self, secagg_id: int, reason: DropReason) -> ReceiveOutcome:
+        """Count a participant as dropped (replaying a drop the store recorded)."""
+        return self._state.drop(secagg_id, reason)
+
     def message_for(self, secagg_id: int) -> ServerMessage | None:
         if self.phase is RoundPhase.ADVERTISE_KEYS:
             return None
@@ -163,7 +170,7 @@ class SecureAggregation(Aggregation):
                 dropped=dropped,
             )
         if isinstance(state, ServerAborted):
-            return PhaseClosed(aborted=state.reason.value, dropped=dropped)
+            return PhaseClosed(aborted=state.reason.value, dropped=dropped, culprits=state.culprits)
         assert isinstance(state, ServerPhase)
         return PhaseClosed(next=SecureAggregation(state), messages=step.messages, dropped=dropped)
 

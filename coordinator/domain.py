@@ -192,12 +192,14 @@ class ModelVersion:
 
 @dataclass(frozen=True)
 class AdvertisedKeysRecord:
-    """Phase 0: a participant's two X25519 public keys and its Ed25519 signature over them."""
+    """Phase 0: a participant's two X25519 public keys, its commitment to its self-mask
+    secret, and its Ed25519 signature over them."""
 
     round_id: str
     secagg_id: int
     encryption_key: bytes
     masking_key: bytes
+    self_mask_commitment: bytes
     signature: bytes
 
 

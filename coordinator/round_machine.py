@@ -71,7 +71,14 @@ from coordinator.model_state import ModelState, RoundSums
 from coordinator.round_settings import RoundSettings, plan_round
 from coordinator.store import Store
 from coordinator.transitions import NEXT_PHASE
-from secure_agg import AbortReason, ClientAbort, ClientMessage, SecAggError, decode_sum
+from secure_agg import (
+    AbortReason,
+    ClientAbort,
+    ClientMessage,
+    DropReason,
+    SecAggError,
+    decode_sum,
+)
 
 __all__ = ["Assignment", "RetryAfter", "RoundMachine", "UploadProgress"]
 
@@ -371,6 +378,8 @@ class RoundMachine:
                 self.metrics.unmask_seconds.observe(time.perf_counter() - started)
             self._count_dropouts(phase, closed.dropped)
             if closed.aborted is not None:
+                if closed.culprits:
+                    await self._name_culprits(active, closed)
                 await self._abort(active, closed.aborted, closed.dropped)
             elif closed.ring_sum is not None:
                 await self._commit(active, closed)
@@ -472,6 +481,22 @@ class RoundMachine:
             int(round_sums.clipped),
         )
         await self._finish(active, round_, new_version.version, None, survivors)
+
+    async def _name_culprits(self, active: ActiveRound, closed: PhaseClosed) -> None:
+        """Log and audit the clients whose revealed shares were proven forged."""
+        by_secagg = {p.secagg_id: p.client_id for p in active.participants.values()}
+        clients = sorted(by_secagg[secagg] for secagg in closed.culprits if secagg in by_secagg)
+        log.error(
+            "round %s: clients %s revealed forged shares (%s); the round aborts without a sum",
+            active.round_id,
+            clients,
+            closed.aborted,
+        )
+        await self._audit(
+            "coordinator",
+            "forged_shares",
+            f"round {active.round_id}: clients {', '.join(map(str, clients))}",
+        )
 
     async def _abort(self, active: ActiveRound, reason: str, dropped: Mapping[int, str]) -> None:
         now = self.clock()
@@ -730,6 +755,8 @@ class RoundMachine:
             try:
                 active.aggregation.receive(message)
             except SecAggError as exc:
+                if participant.secagg_id not in active.aggregation.alive:
+                    await self._refused_and_dropped(active, participant, phase, exc)
                 raise _protocol_error(exc) from exc
             try:
                 await asyncio.to_thread(store_record)
@@ -737,6 +764,29 @@ class RoundMachine:
                 self._fail(active, f"store_failure:{exc.code.value}")
                 raise
             active.update_ready()
+
+    async def _refused_and_dropped(
+        self, active: ActiveRound, participant: Participant, phase: RoundPhase, exc: SecAggError
+    ) -> None:
+        """The aggregation refused a message and dropped its sender (an advert with a key no
+        neighbour can use): record the drop, so a restart replays it (docs/protocol.md)."""
+        reason = DropReason.INVALID_MESSAGE.value
+        log.warning(
+            "round %s: client %d dropped (%s): %s",
+            active.round_id,
+            participant.client_id,
+            reason,
+            exc.message,
+        )
+        self.metrics.dropouts.labels(phase.value, reason).inc()
+        try:
+            await asyncio.to_thread(
+                self.store.drop_participant, active.round_id, participant.secagg_id, reason=reason
+            )
+        except StoreError as store_exc:
+            self._fail(active, f"store_failure:{store_exc.code.value}")
+            raise
+        active.update_ready()
 
     def _fail(self, active: ActiveRound, reason: str) -> None:
         """An accepted message could not be stored: the round cannot be trusted to replay."""

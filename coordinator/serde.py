@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 KEY_BYTES = 32  # X25519 and Ed25519 public keys
+COMMITMENT_BYTES = 32  # SHA-256 commitment to the self-mask secret
 SIGNATURE_BYTES = 64  # Ed25519
 SESSION_BYTES = 32
 SHARE_BYTES = 32  # a field element of 2^255 - 19
@@ -171,6 +172,7 @@ def _message_to_proto(message: ServerMessage) -> dict[str, object]:
                         encryption_key=k.encryption_key,
                         masking_key=k.masking_key,
                         signature=k.signature,
+                        self_mask_commitment=k.self_mask_commitment,
                     )
                     for k in message.keys
                 ]
@@ -233,12 +235,14 @@ def advertise_from_proto(
     encryption = exact("encryption_key", request.encryption_key, KEY_BYTES)
     masking = exact("masking_key", request.masking_key, KEY_BYTES)
     signature = exact("signature", request.signature, SIGNATURE_BYTES)
+    commitment = exact("self_mask_commitment", request.self_mask_commitment, COMMITMENT_BYTES)
     message = AdvertiseKeys(
         round_id=request.round_id,
         client_id=secagg_id,
         identity_key=identity_key,
         encryption_key=encryption,
         masking_key=masking,
+        self_mask_commitment=commitment,
         signature=signature,
     )
     record = AdvertisedKeysRecord(
@@ -246,6 +250,7 @@ def advertise_from_proto(
         secagg_id=secagg_id,
         encryption_key=encryption,
         masking_key=masking,
+        self_mask_commitment=commitment,
         signature=signature,
     )
     return message, record

@@ -12,8 +12,10 @@ state directory, and checks in again. It keeps running through:
   (``AbortRound``) and keeps running.
 
 Limits: a round is refused when its model is larger than ``max_model_bytes``, when secure
-aggregation is off (unless ``allow_plain``), when the secure-aggregation threshold is below
-``min_threshold``, or when it trains a task other than this agent's.
+aggregation is off (unless ``allow_plain``), or when it trains a task other than this
+agent's. The secure-aggregation client itself refuses a threshold that a lying coordinator,
+helped by ``corrupt_rate`` of the cohort, could break (``secure_agg.threshold``): it checks
+once it knows how many neighbours hold its shares, before it sends any of them.
 
 ``stop`` (set on SIGTERM or SIGINT) ends the loop: a check-in is abandoned at once; a round
 is abandoned at the next local step or message, with an ``AbortRound`` to the coordinator.
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -40,6 +41,7 @@ from edge_client.state import LastRound, StateDir
 from edge_client.training import LocalTraining
 from fedadamw.v1 import edge_pb2 as pb
 from fedadamw.v1 import edge_pb2_grpc as pb_grpc
+from secure_agg.threshold import DEFAULT_CORRUPT_RATE
 
 __all__ = ["AGENT_VERSION", "Agent", "Backoff", "Limits"]
 
@@ -52,7 +54,7 @@ INSECURE_CLIENT_HEADER = "fedadamw-client-id"
 @dataclass(frozen=True)
 class Limits:
     max_model_bytes: int = 256 << 20
-    min_threshold: int = 2
+    corrupt_rate: float = DEFAULT_CORRUPT_RATE
     allow_plain: bool = False
 
 
@@ -114,16 +116,6 @@ class Agent:
             )
         if not config.secure_aggregation and not self.limits.allow_plain:
             problems.append("it runs without secure aggregation (allow with --allow-plain)")
-        if config.secure_aggregation:
-            try:
-                threshold = int(json.loads(config.secagg_session_json)["params"]["threshold"])
-            except (KeyError, TypeError, ValueError):
-                threshold = 0
-            if threshold < self.limits.min_threshold:
-                problems.append(
-                    f"its secure-aggregation threshold {threshold} is below --min-threshold "
-                    f"{self.limits.min_threshold}"
-                )
         if problems:
             raise SessionError(Outcome.REFUSED, "; ".join(problems))
 
@@ -222,6 +214,7 @@ class Agent:
             compute=self.training,
             cache_dir=self.state.cache,
             check_config=self.check_config,
+            corrupt_rate=self.limits.corrupt_rate,
             metadata=metadata,
             progress=self.progress,
         )

@@ -21,6 +21,7 @@ import grpc
 
 from edge_client.errors import EdgeError, ErrorCode
 from edge_client.state import AgentInfo, StateDir
+from secure_agg.threshold import DEFAULT_CORRUPT_RATE
 
 __all__ = ["main"]
 
@@ -62,6 +63,17 @@ def _logging(level: str, *, json_lines: bool) -> None:
         text.converter = time.gmtime
         handler.setFormatter(text)
     logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def _rate(text: str) -> float:
+    """An argparse type: a fraction in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -167,10 +179,14 @@ def _parser() -> argparse.ArgumentParser:
         help="refuse rounds with a larger model (default: 256 MiB)",
     )
     run.add_argument(
-        "--min-threshold",
-        type=int,
-        default=2,
-        help="refuse rounds whose secure-aggregation threshold is lower (default: 2)",
+        "--corrupt-rate",
+        type=_rate,
+        default=DEFAULT_CORRUPT_RATE,
+        help="the fraction of the cohort this agent assumes may collude with a lying "
+        "coordinator; it refuses, before revealing anything, a secure-aggregation threshold "
+        "t that such a coalition could break: it needs 2t > (its share holders) + (the "
+        "corrupt holders this fraction implies) "
+        f"(default: {DEFAULT_CORRUPT_RATE}, the coordinator's default corrupt_rate)",
     )
     run.add_argument(
         "--allow-plain",
@@ -309,7 +325,7 @@ def _run(args: argparse.Namespace) -> int:
         training=training,
         limits=Limits(
             max_model_bytes=args.max_model_bytes,
-            min_threshold=args.min_threshold,
+            corrupt_rate=args.corrupt_rate,
             allow_plain=args.allow_plain,
         ),
         metrics=metrics,

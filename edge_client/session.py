@@ -43,8 +43,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_client import wire
 from fedadamw.v1 import edge_pb2 as pb
 from fedadamw.v1 import edge_pb2_grpc as pb_grpc
-from secure_agg import AdvertiseKeys as SecAggAdvertise
 from secure_agg import (
+    AbortReason,
     ClientAbort,
     ClientAborted,
     ClientCompleted,
@@ -60,6 +60,8 @@ from secure_agg import (
     encode,
     start_client,
 )
+from secure_agg import AdvertiseKeys as SecAggAdvertise
+from secure_agg.threshold import DEFAULT_CORRUPT_RATE
 
 __all__ = [
     "DOWNLOAD_CHUNK_BYTES",
@@ -72,6 +74,13 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_ABORT_HINTS = {
+    AbortReason.UNSAFE_THRESHOLD: (
+        " (the coordinator set a threshold that a lying coordinator, helped by --corrupt-rate"
+        " of the cohort, could use to unmask this device's update; nothing was revealed)"
+    ),
+}
 
 T = TypeVar("T")
 STAGES = ("download", "keys", "training", "quantize", "masking", "upload", "unmask")
@@ -139,6 +148,7 @@ class RoundSession:
         compute: UpdateFn,
         cache_dir: Path,
         check_config: Callable[[pb.RoundConfig], None] | None = None,
+        corrupt_rate: float = DEFAULT_CORRUPT_RATE,
         metadata: Sequence[tuple[str, str]] = (),
         progress: Callable[[str, int, int], None] | None = None,
         rng: random.Random | None = None,
@@ -150,6 +160,7 @@ class RoundSession:
         self.compute = compute
         self.cache_dir = cache_dir
         self.check_config = check_config
+        self.corrupt_rate = corrupt_rate
         self.metadata = tuple(metadata)
         self.progress = progress or (lambda what, done, total: None)
         self.rng = rng or random.Random()
@@ -203,7 +214,8 @@ class RoundSession:
         try:
             return await self._run()
         except SessionError as exc:
-            log.info("round %s: %s (%s)", self.round_id, exc.outcome.value, exc.reason)
+            level = logging.WARNING if exc.outcome is Outcome.REFUSED else logging.INFO
+            log.log(level, "round %s: %s (%s)", self.round_id, exc.outcome.value, exc.reason)
             if exc.outcome is Outcome.REFUSED and not self._left:
                 await self.leave("cancelled")
             return RoundResult(self.round_id, exc.outcome, reason=exc.reason)
@@ -241,7 +253,10 @@ class RoundSession:
                     raise SessionError(Outcome.REFUSED, "the session names another round")
                 with self._timed("keys"):
                     step = start_client(
-                        session, client_id=config.secagg_id, identity_key=self.identity_key
+                        session,
+                        client_id=config.secagg_id,
+                        identity_key=self.identity_key,
+                        corrupt_rate=self.corrupt_rate,
                     )
                     self.state = step.state
                     assert isinstance(step.message, SecAggAdvertise)
@@ -360,8 +375,10 @@ class RoundSession:
         """Send what the secure-aggregation client answered (nothing, for some messages)."""
         if isinstance(outgoing, ClientAbort):
             await self.leave(outgoing.reason.value)
+            hint = _ABORT_HINTS.get(outgoing.reason, "")
             raise SessionError(
-                Outcome.REFUSED, f"secure aggregation refused the round: {outgoing.reason.value}"
+                Outcome.REFUSED,
+                f"secure aggregation refused the round: {outgoing.reason.value}{hint}",
             )
         if isinstance(outgoing, ShareKeys):
             request = wire.shares_to_proto(outgoing, self.round_id)

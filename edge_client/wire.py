@@ -42,6 +42,7 @@ def event_message(event: pb.RoundEvent) -> ServerMessage | None:
                     identity_key=bytes(k.identity_key),
                     encryption_key=bytes(k.encryption_key),
                     masking_key=bytes(k.masking_key),
+                    self_mask_commitment=bytes(k.self_mask_commitment),
                     signature=bytes(k.signature),
                 )
                 for k in event.keys.keys
@@ -86,6 +87,7 @@ def advertise_to_proto(message: AdvertiseKeys) -> pb.AdvertiseKeysRequest:
         encryption_key=message.encryption_key,
         masking_key=message.masking_key,
         signature=message.signature,
+        self_mask_commitment=message.self_mask_commitment,
     )
 
 

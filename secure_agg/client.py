@@ -13,7 +13,7 @@ Every call returns a :class:`ClientStep`: the next state and the message to send
 ``None``). The states:
 
 * :class:`ClientAdvertiseKeys` waits for :class:`KeysBroadcast`; holds both X25519
-  private keys.
+  private keys and the self-mask secret ``b`` it committed to.
 * :class:`ClientShareKeys` waits for :class:`SharesDelivery`; holds the pairwise share
   keys, the pairwise mask seeds and the self-mask seed.
 * :class:`ClientMaskedInput` waits for ``mask(vector)``; holds the mask seeds, the self-mask
@@ -29,6 +29,16 @@ Each state keeps only what later phases need: the X25519 private keys die once t
 pairwise keys are derived (phase 0 -> 1), the share keys once shares are opened, the mask
 seeds once the vector is masked, the received shares once the unmask response is built.
 (Python cannot wipe memory; "erase" means no reference survives in the state.)
+
+The threshold. Before it sends a single share, the client checks the round's ``t`` against
+the one rule of :mod:`secure_agg.threshold`: ``2t > h + c`` for its ``h`` share holders and
+the ``c`` corrupt holders it assumes at ``corrupt_rate``. A lower ``t`` would let a server
+that lies about dropouts rebuild both of its secrets; the client aborts with
+``UNSAFE_THRESHOLD`` and reveals nothing.
+
+Unusable neighbour keys. A neighbour whose advertised X25519 key has small order (which an
+honest coordinator refuses when it is advertised) is treated as dropped: the client shares
+nothing with it, ignores what it sends, and goes on if enough holders remain.
 
 Aborts. On every condition DESIGN.md section 4 lists (and the adversarial cases of issue 3)
 the client moves to :class:`ClientAborted` with the matching :class:`AbortReason` and sends
@@ -84,8 +94,9 @@ from secure_agg.params import SessionConfig
 from secure_agg.prg import add_masks
 from secure_agg.randomness import RandomSource, random_below, system_random
 from secure_agg.reasons import AbortReason, Phase
-from secure_agg.session import Session, self_mask_seed
+from secure_agg.session import Session, commit_self_mask, self_mask_seed
 from secure_agg.share_box import OpenedShare, is_reflection, open_share, seal_share
+from secure_agg.threshold import DEFAULT_CORRUPT_RATE, threshold_is_safe
 
 __all__ = [
     "ClientAborted",
@@ -117,6 +128,7 @@ class _Identity:
     client_id: int
     identity_key: Ed25519PrivateKey
     source: RandomSource
+    corrupt_rate: float
 
 
 class _AbortError(Exception):
@@ -179,26 +191,36 @@ def start_client(
     *,
     client_id: int,
     identity_key: Ed25519PrivateKey,
+    corrupt_rate: float = DEFAULT_CORRUPT_RATE,
     source: RandomSource = system_random,
 ) -> ClientStep:
-    """Phase 0: draw two fresh X25519 key pairs, sign them, and wait for the broadcast.
+    """Phase 0: draw two fresh X25519 key pairs and the self-mask secret ``b``, sign the
+    keys and a commitment to ``b``, and wait for the broadcast.
 
     ``identity_key`` is the client's enrolled Ed25519 key (generated and stored by the
-    agent); ``source`` supplies every random byte the client uses this round. Raises
-    ``INVALID_PARAMETERS`` for a client id outside ``[1, 2**63)``.
+    agent); ``corrupt_rate`` is the fraction of the cohort this client assumes colludes with
+    the server (it decides which thresholds it accepts, :mod:`secure_agg.threshold`);
+    ``source`` supplies every random byte the client uses this round. Raises
+    ``INVALID_PARAMETERS`` for a client id outside ``[1, 2**63)`` or a rate outside
+    ``[0, 1)``.
     """
     if not 0 < client_id < 2**63:
         raise SecAggError(ErrorCode.INVALID_PARAMETERS, f"client id {client_id} not in [1, 2**63)")
-    identity = _Identity(config, client_id, identity_key, source)
+    if not 0 <= corrupt_rate < 1:
+        raise SecAggError(ErrorCode.INVALID_PARAMETERS, "corrupt_rate must be in [0, 1)")
+    identity = _Identity(config, client_id, identity_key, source, corrupt_rate)
     encryption_key = kdf.generate_private_key(source)
     masking_key = kdf.generate_private_key(source)
+    secret = random_below(source, shamir.PRIME)
     encryption_public = kdf.public_bytes(encryption_key)
     masking_public = kdf.public_bytes(masking_key)
+    commitment = commit_self_mask(round_id=config.round_id, client_id=client_id, secret=secret)
     payload = signing.advertise_payload(
         round_id=config.round_id,
         client_id=client_id,
         encryption_key=encryption_public,
         masking_key=masking_public,
+        self_mask_commitment=commitment,
     )
     advert = AdvertiseKeys(
         round_id=config.round_id,
@@ -206,9 +228,10 @@ def start_client(
         identity_key=signing.identity_public_bytes(identity_key),
         encryption_key=encryption_public,
         masking_key=masking_public,
+        self_mask_commitment=commitment,
         signature=signing.sign(identity_key, payload),
     )
-    state = ClientAdvertiseKeys(identity, encryption_key, masking_key, advert)
+    state = ClientAdvertiseKeys(identity, encryption_key, masking_key, secret, advert)
     return ClientStep(state, advert)
 
 
@@ -228,11 +251,13 @@ class ClientAdvertiseKeys(ClientState):
         identity: _Identity,
         encryption_key: X25519PrivateKey,
         masking_key: X25519PrivateKey,
+        secret: int,
         advert: AdvertiseKeys,
     ) -> None:
         super().__init__(identity)
         self._encryption_key = encryption_key
         self._masking_key = masking_key
+        self._secret = secret
         self._advert = advert
 
     def _handle(self, message: ServerMessage) -> ClientStep:
@@ -242,16 +267,14 @@ class ClientAdvertiseKeys(ClientState):
         if message.round_id != config.round_id:
             raise _AbortError(AbortReason.SESSION_MISMATCH)
         session = self._check_broadcast(message)
-        neighbours = session.neighbours(identity.client_id)
         threshold = session.threshold
-        if len(neighbours) < threshold:
-            raise _AbortError(AbortReason.TOO_FEW_NEIGHBOURS)
         share_keys: dict[int, bytes] = {}
         mask_seeds: dict[int, bytes] = {}
-        try:
-            for peer in neighbours:
-                entry = session.by_id[peer]
-                share_keys[peer] = kdf.derive_pair_key(
+        unusable: set[int] = set()
+        for peer in session.neighbours(identity.client_id):
+            entry = session.by_id[peer]
+            try:
+                share_key = kdf.derive_pair_key(
                     self._encryption_key,
                     entry.encryption_key,
                     session_id=session.session_id,
@@ -259,7 +282,7 @@ class ClientAdvertiseKeys(ClientState):
                     own_id=identity.client_id,
                     peer_id=peer,
                 )
-                mask_seeds[peer] = kdf.derive_pair_key(
+                mask_seed = kdf.derive_pair_key(
                     self._masking_key,
                     entry.masking_key,
                     session_id=session.session_id,
@@ -267,11 +290,26 @@ class ClientAdvertiseKeys(ClientState):
                     own_id=identity.client_id,
                     peer_id=peer,
                 )
-        except SecAggError as exc:
-            # A small-order point, or a key of the wrong length a lying server passed on.
-            raise _AbortError(AbortReason.KEY_AGREEMENT_FAILED) from exc
-        secret = random_below(identity.source, shamir.PRIME)
-        recipients = sorted(neighbours)
+            except SecAggError:
+                # A small-order key (or one of the wrong length) no exchange can use: the
+                # neighbour cannot take part, so it counts as dropped, not as a reason to
+                # give up the round.
+                unusable.add(peer)
+                continue
+            share_keys[peer] = share_key
+            mask_seeds[peer] = mask_seed
+        holders = len(share_keys)
+        if holders < threshold:
+            raise _AbortError(AbortReason.TOO_FEW_NEIGHBOURS)
+        if not threshold_is_safe(
+            threshold,
+            clients=config.params.max_clients,
+            holders=holders,
+            corrupt_rate=identity.corrupt_rate,
+        ):
+            raise _AbortError(AbortReason.UNSAFE_THRESHOLD)
+        secret = self._secret
+        recipients = sorted(share_keys)
         self_mask_shares = shamir.split(
             secret, threshold=threshold, xs=recipients, source=identity.source
         )
@@ -301,7 +339,9 @@ class ClientAdvertiseKeys(ClientState):
         seed = self_mask_seed(
             session_id=session.session_id, client_id=identity.client_id, secret=secret
         )
-        state = ClientShareKeys(identity, session, share_keys, mask_seeds, seed)
+        state = ClientShareKeys(
+            identity, session, share_keys, mask_seeds, seed, frozenset(unusable)
+        )
         return ClientStep(state, outgoing)
 
     def _check_broadcast(self, message: KeysBroadcast) -> Session:
@@ -330,6 +370,7 @@ class ClientAdvertiseKeys(ClientState):
                 client_id=entry.client_id,
                 encryption_key=entry.encryption_key,
                 masking_key=entry.masking_key,
+                self_mask_commitment=entry.self_mask_commitment,
             )
             try:
                 signing.verify(entry.identity_key, entry.signature, payload)
@@ -351,12 +392,14 @@ class ClientShareKeys(ClientState):
         share_keys: dict[int, bytes],
         mask_seeds: dict[int, bytes],
         self_seed: bytes,
+        unusable: frozenset[int],
     ) -> None:
         super().__init__(identity)
         self._session = session
         self._share_keys = share_keys
         self._mask_seeds = mask_seeds
         self._self_seed = self_seed
+        self._unusable = unusable
 
     def _handle(self, message: ServerMessage) -> ClientStep:
         assert isinstance(message, SharesDelivery)
@@ -366,6 +409,8 @@ class ClientShareKeys(ClientState):
             raise _AbortError(AbortReason.SESSION_MISMATCH)
         received: dict[int, OpenedShare] = {}
         for share in message.shares:
+            if share.sender in self._unusable and share.recipient == own_id:
+                continue  # a neighbour we could not agree keys with: dropped, not opened
             sender, value = self._open(share)
             if sender in received:
                 raise _AbortError(AbortReason.REPLAYED_SHARE)

@@ -50,9 +50,16 @@ class ErrorCode(enum.StrEnum):
 
 
 class SecAggError(Exception):
-    """A failure inside ``secure_agg``; ``code`` says which kind, ``message`` what to do."""
+    """A failure inside ``secure_agg``; ``code`` says which kind, ``message`` what to do.
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    ``culprits`` names the clients proven to have caused it, where that is known (for
+    ``INCONSISTENT_SHARES``: the clients whose revealed shares are forged).
+    """
+
+    def __init__(
+        self, code: ErrorCode, message: str, *, culprits: frozenset[int] = frozenset()
+    ) -> None:
         super().__init__(f"{code.value}: {message}")
         self.code = code
         self.message = message
+        self.culprits = culprits

@@ -10,6 +10,9 @@ Contract:
 * :func:`agree` returns the 32-byte X25519 shared secret. It raises
   :class:`~secure_agg.errors.SecAggError` with ``KEY_AGREEMENT_FAILED`` for a peer key of
   small order (the all-zero secret) and ``INVALID_MESSAGE`` for a key that is not 32 bytes.
+* :func:`check_public_key` refuses, with the same two codes, a key no exchange can use. A
+  small-order point makes every exchange give the all-zero secret, so one fixed private key
+  finds it: the coordinator calls this when a key is advertised, before anyone relies on it.
 * :func:`hkdf` is RFC 5869 HKDF with SHA-256. In this package the salt is always the session
   id and ``info`` names the purpose (:class:`Purpose`) and, for pairwise keys, the two client
   ids in ascending order, so every derived key is bound to one session, one purpose and one
@@ -32,12 +35,14 @@ __all__ = [
     "KEY_BYTES",
     "Purpose",
     "agree",
+    "check_public_key",
     "derive_pair_key",
     "generate_private_key",
     "hkdf",
     "private_key_from_scalar",
     "private_scalar",
     "public_bytes",
+    "scalar_matches_public_key",
 ]
 
 KEY_BYTES = 32
@@ -87,6 +92,18 @@ def private_key_from_scalar(scalar: int) -> X25519PrivateKey:
     return X25519PrivateKey.from_private_bytes(scalar.to_bytes(KEY_BYTES, "little"))
 
 
+def scalar_matches_public_key(scalar: int, public: bytes) -> bool:
+    """Whether ``scalar`` is exactly the clamped private scalar behind ``public``.
+
+    Exactly: X25519 clamps whatever it is given, so a scalar that differs from the real one
+    only in the bits clamping overwrites would still yield ``public``. Every scalar this
+    package shares is already clamped, so anything else is not the shared secret.
+    """
+    if not 0 <= scalar < FIELD_PRIME or scalar != _clamp(scalar.to_bytes(KEY_BYTES, "little")):
+        return False
+    return public_bytes(private_key_from_scalar(scalar)) == public
+
+
 def public_bytes(key: X25519PrivateKey) -> bytes:
     """The raw 32-byte public key."""
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -104,6 +121,20 @@ def agree(private_key: X25519PrivateKey, peer_public: bytes) -> bytes:
         raise SecAggError(
             ErrorCode.KEY_AGREEMENT_FAILED, "the peer's X25519 public key has small order"
         ) from exc
+
+
+_PROBE_KEY = X25519PrivateKey.from_private_bytes(bytes(range(1, KEY_BYTES + 1)))
+
+
+def check_public_key(public: bytes) -> None:
+    """Raise unless ``public`` is a 32-byte X25519 key that an exchange can use.
+
+    Any clamped private scalar is a multiple of 8, so a point of small order (1, 2, 4 or 8,
+    including the all-zero key) gives the all-zero secret with every private key: one
+    exchange with a fixed key finds it. ``KEY_AGREEMENT_FAILED`` for such a key,
+    ``INVALID_MESSAGE`` for a wrong length.
+    """
+    agree(_PROBE_KEY, public)
 
 
 def hkdf(secret: bytes, *, salt: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:

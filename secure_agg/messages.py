@@ -52,9 +52,13 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class AdvertiseKeys:
-    """Phase 0, client -> server: two fresh X25519 public keys, signed by the identity key.
+    """Phase 0, client -> server: two fresh X25519 public keys and a commitment to the
+    self-mask secret ``b`` (:func:`secure_agg.session.commit_self_mask`, 32 bytes), signed by
+    the identity key.
 
-    ``signature`` is Ed25519 over :func:`secure_agg.signing.advertise_payload`.
+    ``signature`` is Ed25519 over :func:`secure_agg.signing.advertise_payload`. The server
+    checks the ``b`` it rebuilds at unmasking against ``self_mask_commitment``, and the
+    masking key it rebuilds against ``masking_key``, so a forged share is caught.
     """
 
     round_id: str
@@ -62,6 +66,7 @@ class AdvertiseKeys:
     identity_key: bytes
     encryption_key: bytes
     masking_key: bytes
+    self_mask_commitment: bytes
     signature: bytes
 
 

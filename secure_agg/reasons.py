@@ -30,12 +30,14 @@ class AbortReason(enum.StrEnum):
 
     * ``SESSION_MISMATCH``: a server message names another round or session.
     * ``TOO_MANY_CLIENTS``: more advertised clients than the quantization was sized for.
-    * ``TOO_FEW_NEIGHBOURS``: fewer than t neighbours advertised keys, sent shares or
-      survived.
+    * ``TOO_FEW_NEIGHBOURS``: fewer than t neighbours advertised usable keys, sent shares
+      or survived.
+    * ``UNSAFE_THRESHOLD``: the round's t is too low for this client's share holders and
+      assumed corrupt fraction (:mod:`secure_agg.threshold`), so a lying server could
+      rebuild both of its secrets.
     * ``OWN_KEYS_MISSING`` / ``OWN_KEYS_ALTERED``: the broadcast lacks or changes our keys.
     * ``KEY_REUSED``: two advertised entries share an id or a public key.
     * ``BAD_SIGNATURE``: an advertised key set or a survivor-set signature does not verify.
-    * ``KEY_AGREEMENT_FAILED``: a neighbour's X25519 public key has small order.
     * ``AEAD_FAILURE``: a share does not decrypt under the pairwise key.
     * ``REFLECTED_SHARE``: a share we sent comes back to us.
     * ``REPLAYED_SHARE``: a share from another session, or a second share from one sender.
@@ -53,8 +55,8 @@ class AbortReason(enum.StrEnum):
 
     * ``TOO_FEW_CLIENTS``: fewer than t clients are left after a phase.
     * ``TOO_FEW_SHARES``: some mask has fewer than t revealed shares.
-    * ``INCONSISTENT_SHARES``: revealed shares disagree, or rebuild a key that does not
-      match its advertised public key.
+    * ``INCONSISTENT_SHARES``: revealed shares disagree, or rebuild a secret that does not
+      match its commitment (the advertised masking key, or the signed hash of ``b``).
     * ``INCOMPLETE_MASKED_INPUT``: a client's upload was only partly summed.
     * ``CANCELLED``: the coordinator called ``abort``.
     """
@@ -62,11 +64,11 @@ class AbortReason(enum.StrEnum):
     SESSION_MISMATCH = "session_mismatch"
     TOO_MANY_CLIENTS = "too_many_clients"
     TOO_FEW_NEIGHBOURS = "too_few_neighbours"
+    UNSAFE_THRESHOLD = "unsafe_threshold"
     OWN_KEYS_MISSING = "own_keys_missing"
     OWN_KEYS_ALTERED = "own_keys_altered"
     KEY_REUSED = "key_reused"
     BAD_SIGNATURE = "bad_signature"
-    KEY_AGREEMENT_FAILED = "key_agreement_failed"
     AEAD_FAILURE = "aead_failure"
     REFLECTED_SHARE = "reflected_share"
     REPLAYED_SHARE = "replayed_share"
@@ -94,6 +96,8 @@ class DropReason(enum.StrEnum):
     """The phase closed before the client's message arrived."""
     CLIENT_ABORTED = "client_aborted"
     """The client sent a :class:`~secure_agg.messages.ClientAbort`."""
+    INVALID_MESSAGE = "invalid_message"
+    """The client sent a signed message no one can use (an advert with a small-order key)."""
 
 
 class ReceiveOutcome(enum.StrEnum):

@@ -26,8 +26,11 @@ Contracts the coordinator relies on:
   nothing; a *different* message from the same client raises ``CONFLICTING_MESSAGE``.
 * **Bad messages never break the round.** A malformed message, a bad signature, a stranger
   or a message for another session raises :class:`~secure_agg.errors.SecAggError` and
-  leaves the state as it was. A message of another phase raises ``UNEXPECTED_MESSAGE``
-  naming both.
+  leaves the state as it was. One exception: a correctly signed advert with an X25519 key
+  of small order raises ``INVALID_MESSAGE`` *and* drops its sender
+  (``DropReason.INVALID_MESSAGE``), because the client itself signed a key no neighbour can
+  use; :meth:`ServerPhase.drop` replays such a drop after a restart. A message of another
+  phase raises ``UNEXPECTED_MESSAGE`` naming both.
 * **O(d) memory.** Masked inputs are added into one running sum as they arrive (whole, or
   as ``(client, offset, values)`` chunks in any order). A chunk is summed at once, so a
   client whose upload is only partly summed when the phase closes makes the sum
@@ -39,9 +42,13 @@ Contracts the coordinator relies on:
   ``ServerX(data)`` or :func:`restore_server`. :meth:`message_for` regenerates the message
   that opened the phase for any client, so a reconnecting client can be served again.
 * **Unmasking.** Survivors' self masks come off using their b reconstructed from b-shares;
-  dropped clients' pair masks come off using their s_sk reconstructed from s_sk-shares
-  (checked against the advertised public key). Fewer than t shares for any of them aborts
-  with ``TOO_FEW_SHARES``; shares that disagree abort with ``INCONSISTENT_SHARES``.
+  dropped clients' pair masks come off using their s_sk reconstructed from s_sk-shares.
+  Every rebuilt secret is checked against its commitment: b against the hash its owner
+  signed when it advertised, s_sk against the advertised public key. Fewer than t shares
+  for any of them aborts with ``TOO_FEW_SHARES``; shares that disagree or miss the
+  commitment abort with ``INCONSISTENT_SHARES``, naming the forgers in
+  :attr:`ServerAborted.culprits` where more than t shares tell them apart. A forged share
+  never becomes a wrong sum.
 * **Erasure.** Ciphertexts are dropped when phase 2 closes, revealed shares and rebuilt
   secrets when phase 4 closes; :class:`ServerCompleted` holds only the sum.
 """
@@ -71,7 +78,7 @@ from secure_agg.messages import (
 )
 from secure_agg.params import SessionConfig
 from secure_agg.prg import add_masks
-from secure_agg.reasons import AbortReason, Phase, ReceiveOutcome
+from secure_agg.reasons import AbortReason, DropReason, Phase, ReceiveOutcome
 from secure_agg.server_base import (
     ServerAborted,
     ServerCompleted,
@@ -84,13 +91,15 @@ from secure_agg.server_base import (
 from secure_agg.server_state import (
     AdvertiseKeysData,
     AggregateResult,
+    ChunkReceipt,
     ConsistencyCheckData,
     Dropout,
     MaskedInputData,
     ShareKeysData,
     UnmaskingData,
+    chunk_digest,
 )
-from secure_agg.session import Session
+from secure_agg.session import COMMITMENT_BYTES, Session
 from secure_agg.share_box import SEALED_SHARE_BYTES
 from secure_agg.unmasking import removal_seeds
 
@@ -179,13 +188,26 @@ class ServerAdvertiseKeys(ServerPhase):
         for key in (message.encryption_key, message.masking_key):
             if len(key) != kdf.KEY_BYTES:
                 raise invalid_message("X25519 public keys are 32 bytes")
+        if len(message.self_mask_commitment) != COMMITMENT_BYTES:
+            raise invalid_message(f"a self-mask commitment is {COMMITMENT_BYTES} bytes")
         payload = signing.advertise_payload(
             round_id=message.round_id,
             client_id=client,
             encryption_key=message.encryption_key,
             masking_key=message.masking_key,
+            self_mask_commitment=message.self_mask_commitment,
         )
         signing.verify(message.identity_key, message.signature, payload)
+        try:
+            for key in (message.encryption_key, message.masking_key):
+                kdf.check_public_key(key)
+        except SecAggError as exc:
+            # Signed by the client itself, so it is the client's doing: broadcast, this key
+            # would make every neighbour's key agreement fail. It is out of the round.
+            data.dropouts[client] = Dropout(Phase.ADVERTISE_KEYS, DropReason.INVALID_MESSAGE)
+            raise invalid_message(
+                f"client {client} advertised an X25519 key of small order; it is dropped"
+            ) from exc
         if len(data.adverts) >= data.config.params.max_clients:
             raise SecAggError(
                 ErrorCode.TOO_MANY_CLIENTS,
@@ -344,9 +366,17 @@ class ServerMaskedInput(SessionPhase):
         if offset < 0 or offset + length > total:
             raise invalid_message(f"chunk [{offset}, {offset + length}) outside [0, {total})")
         received = data.chunks.setdefault(client, {})
-        if received.get(offset) == length:
-            return ReceiveOutcome.DUPLICATE
-        for start, size in received.items():
+        digest = chunk_digest(values)
+        known = received.get(offset)
+        if known is not None and known.length == length:
+            if known.digest == digest:
+                return ReceiveOutcome.DUPLICATE
+            raise SecAggError(
+                ErrorCode.CONFLICTING_MESSAGE,
+                f"client {client}: chunk at offset {offset} was received with other values",
+            )
+        for start, receipt in received.items():
+            size = receipt.length
             if start < offset + length and offset < start + size:
                 raise SecAggError(
                     ErrorCode.CONFLICTING_MESSAGE,
@@ -355,8 +385,8 @@ class ServerMaskedInput(SessionPhase):
                 )
         window = data.running_sum[offset : offset + length]
         np.add(window, values, out=window)
-        received[offset] = length
-        if sum(received.values()) == total:
+        received[offset] = ChunkReceipt(length=length, digest=digest)
+        if sum(receipt.length for receipt in received.values()) == total:
             data.complete.add(client)
             return ReceiveOutcome.INPUT_COMPLETE
         return ReceiveOutcome.ACCEPTED
@@ -532,7 +562,7 @@ class ServerUnmasking(SessionPhase):
             }.get(exc.code)
             if reason is None:
                 raise
-            return self._abort_with(reason, responders)
+            return self._abort_with(reason, responders, exc.culprits)
         running_sum = data.running_sum
         add_masks(running_sum, add=add, subtract=subtract)
         result = AggregateResult(

@@ -68,14 +68,25 @@ class ServerCompleted(ServerState):
 
 
 class ServerAborted(ServerState):
-    """The round ended without a sum in ``during``, because of ``reason``."""
+    """The round ended without a sum in ``during``, because of ``reason``.
+
+    ``culprits`` names the clients proven to have caused the abort (those that revealed
+    forged shares), where that could be told; it is empty otherwise.
+    """
 
     phase = Phase.ABORTED
 
-    def __init__(self, reason: AbortReason, during: Phase, dropouts: dict[int, Dropout]) -> None:
+    def __init__(
+        self,
+        reason: AbortReason,
+        during: Phase,
+        dropouts: dict[int, Dropout],
+        culprits: frozenset[int] = frozenset(),
+    ) -> None:
         self.reason = reason
         self.during = during
         self.dropouts = dropouts
+        self.culprits = culprits
 
 
 class ServerPhase(ServerState):
@@ -136,6 +147,24 @@ class ServerPhase(ServerState):
         """End the round without a sum; tell every alive participant."""
         return self._abort_with(reason, self.alive)
 
+    def drop(self, client_id: int, reason: DropReason) -> ReceiveOutcome:
+        """Count a participant as dropped for ``reason``, on the coordinator's word.
+
+        For replaying a drop the coordinator persisted (such as an advert refused with
+        ``DropReason.INVALID_MESSAGE``) after a restart. ``DUPLICATE`` if it was already
+        dropped for that reason; ``CONFLICTING_MESSAGE`` if for another.
+        """
+        if client_id not in self.participants:
+            raise invalid_message(f"client {client_id} is not in phase {self.phase.name}")
+        previous = self.dropouts.get(client_id)
+        if previous is not None:
+            if previous.reason is reason and previous.client_reason is None:
+                return ReceiveOutcome.DUPLICATE
+            raise SecAggError(ErrorCode.CONFLICTING_MESSAGE, f"client {client_id} already dropped")
+        self.dropouts[client_id] = Dropout(self.phase, reason)
+        self._forget(client_id)
+        return ReceiveOutcome.ACCEPTED
+
     def _client_abort(self, message: ClientAbort) -> ReceiveOutcome:
         if message.round_id != self.round_id:
             raise SecAggError(ErrorCode.WRONG_SESSION, "abort notice for another round")
@@ -165,10 +194,15 @@ class ServerPhase(ServerState):
         for client in self.alive - responders:
             self.dropouts[client] = Dropout(self.phase, DropReason.NO_RESPONSE)
 
-    def _abort_with(self, reason: AbortReason, recipients: frozenset[int]) -> ServerStep:
+    def _abort_with(
+        self,
+        reason: AbortReason,
+        recipients: frozenset[int],
+        culprits: frozenset[int] = frozenset(),
+    ) -> ServerStep:
         notice = RoundAborted(round_id=self.round_id, reason=reason)
         messages: dict[int, ServerMessage] = dict.fromkeys(recipients, notice)
-        return ServerStep(ServerAborted(reason, self.phase, self.dropouts), messages)
+        return ServerStep(ServerAborted(reason, self.phase, self.dropouts, culprits), messages)
 
 
 class SessionPhase(ServerPhase):

@@ -13,6 +13,7 @@ phase to phase without copies and ends up in :class:`AggregateResult`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 
@@ -25,11 +26,13 @@ from secure_agg.session import Session
 __all__ = [
     "AdvertiseKeysData",
     "AggregateResult",
+    "ChunkReceipt",
     "ConsistencyCheckData",
     "Dropout",
     "MaskedInputData",
     "ShareKeysData",
     "UnmaskingData",
+    "chunk_digest",
 ]
 
 
@@ -59,6 +62,24 @@ class AggregateResult:
         return decode_sum(layout, self.ring_sum, num_clients=self.num_clients)
 
 
+def chunk_digest(values: np.ndarray) -> bytes:
+    """SHA-256 of a chunk's values as little-endian bytes (the same on every machine)."""
+    little = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<"))
+    return hashlib.sha256(little.data).digest()
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkReceipt:
+    """A summed chunk of a masked input: its length and the digest of its values.
+
+    The digest tells a resent chunk (a duplicate) from one with other values at the same
+    offset (a conflict), also after the phase was rebuilt from persisted data.
+    """
+
+    length: int
+    digest: bytes
+
+
 @dataclasses.dataclass
 class AdvertiseKeysData:
     """Phase 0. ``cohort`` maps selected client ids to their enrolled identity keys."""
@@ -82,15 +103,15 @@ class ShareKeysData:
 class MaskedInputData:
     """Phase 2: U2, the shares to route, the running sum and each client's chunks.
 
-    ``chunks[client]`` maps offsets to lengths of the summed chunks; ``complete`` is U3 so
-    far.
+    ``chunks[client]`` maps offsets to the :class:`ChunkReceipt` of each summed chunk;
+    ``complete`` is U3 so far.
     """
 
     session: Session
     u2: frozenset[int]
     shares: dict[int, ShareKeys]
     running_sum: np.ndarray
-    chunks: dict[int, dict[int, int]] = dataclasses.field(default_factory=dict)
+    chunks: dict[int, dict[int, ChunkReceipt]] = dataclasses.field(default_factory=dict)
     complete: set[int] = dataclasses.field(default_factory=set)
     dropouts: dict[int, Dropout] = dataclasses.field(default_factory=dict)
 

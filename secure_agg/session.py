@@ -8,7 +8,8 @@ After phase 0 the server and every client hold the same :class:`Session`: the ro
   signature), each field length-prefixed, entries sorted by client id. Every derived key
   (HKDF salt), every share (AES-GCM associated data) and every later message is bound to it;
 * the **neighbour graph**, seeded by the session id (:mod:`secure_agg.graph`);
-* the **self-mask seed** of a client from its secret ``b``.
+* the **self-mask seed** of a client from its secret ``b``, and the **commitment** to ``b``
+  that the client signs when it advertises (:func:`commit_self_mask`).
 
 A ``Session`` is immutable plain data, safe to persist and rebuild.
 """
@@ -25,9 +26,17 @@ from secure_agg.messages import AdvertiseKeys
 from secure_agg.params import SessionConfig
 from secure_agg.shamir import encode_share
 
-__all__ = ["Session", "compute_session_id", "self_mask_seed"]
+__all__ = [
+    "COMMITMENT_BYTES",
+    "Session",
+    "commit_self_mask",
+    "compute_session_id",
+    "self_mask_seed",
+]
 
-_SESSION_LABEL = b"fedadamw-secagg/v1/session"
+_SESSION_LABEL = b"fedadamw-secagg/v2/session"
+_COMMITMENT_LABEL = b"fedadamw-secagg/v1/self-mask-commitment"
+COMMITMENT_BYTES = 32
 
 
 def _field(value: bytes) -> bytes:
@@ -47,6 +56,7 @@ def compute_session_id(config: SessionConfig, keys: tuple[AdvertiseKeys, ...]) -
         digest.update(_field(entry.identity_key))
         digest.update(_field(entry.encryption_key))
         digest.update(_field(entry.masking_key))
+        digest.update(_field(entry.self_mask_commitment))
         digest.update(_field(entry.signature))
     return digest.digest()
 
@@ -58,6 +68,19 @@ def self_mask_seed(*, session_id: bytes, client_id: int, secret: int) -> bytes:
         salt=session_id,
         info=Purpose.SELF_MASK.value + client_id.to_bytes(8, "big"),
     )
+
+
+def commit_self_mask(*, round_id: str, client_id: int, secret: int) -> bytes:
+    """SHA-256 over a label, the round, the client and ``b``: the client's commitment to ``b``.
+
+    ``b`` is uniform in the 255-bit field, so the hash reveals nothing useful about it;
+    binding the round and the client stops a commitment from being replayed elsewhere.
+    """
+    digest = hashlib.sha256(_COMMITMENT_LABEL)
+    digest.update(_field(round_id.encode("utf-8")))
+    digest.update(client_id.to_bytes(8, "big"))
+    digest.update(encode_share(secret))
+    return digest.digest()
 
 
 @dataclasses.dataclass(frozen=True)

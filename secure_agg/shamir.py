@@ -11,8 +11,9 @@ Contract:
 * :func:`combine` interpolates at zero from the ``threshold`` shares with the smallest
   x-coordinates, then checks every further share against that polynomial. Hence a tampered
   share is *detected* (``INCONSISTENT_SHARES``) whenever more than ``threshold`` shares are
-  given, and with exactly ``threshold`` shares it silently yields a *wrong secret*. Callers
-  that can check the result (a private key against its public key) should do so.
+  given, and with exactly ``threshold`` shares it silently yields a *wrong secret*. So
+  the protocol checks every rebuilt secret against a commitment
+  (:func:`secure_agg.unmasking.recover_secret`).
 * Shares travel as 32-byte little-endian integers (:func:`encode_share`,
   :func:`decode_share`).
 
@@ -29,7 +30,15 @@ from collections.abc import Mapping, Sequence
 from secure_agg.errors import ErrorCode, SecAggError
 from secure_agg.randomness import RandomSource, random_below
 
-__all__ = ["PRIME", "SHARE_BYTES", "combine", "decode_share", "encode_share", "split"]
+__all__ = [
+    "PRIME",
+    "SHARE_BYTES",
+    "combine",
+    "decode_share",
+    "encode_share",
+    "evaluate",
+    "split",
+]
 
 PRIME = 2**255 - 19
 SHARE_BYTES = 32
@@ -102,7 +111,7 @@ def _zero_coefficients(xs: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(ell_zero * w * inv % PRIME for w, inv in zip(weights, inverses, strict=True))
 
 
-def _evaluate(xs: tuple[int, ...], ys: Sequence[int], at: int) -> int:
+def evaluate(xs: tuple[int, ...], ys: Sequence[int], at: int) -> int:
     """Value at ``at`` (not one of ``xs``) of the polynomial through ``(xs, ys)``."""
     weights = _barycentric_weights(xs)
     differences = [(at - x) % PRIME for x in xs]
@@ -132,7 +141,7 @@ def combine(shares: Mapping[int, int], *, threshold: int) -> int:
     coefficients = _zero_coefficients(basis)
     secret = sum(c * y for c, y in zip(coefficients, ys, strict=True)) % PRIME
     for x in ordered[threshold:]:
-        if _evaluate(basis, ys, x) != shares[x]:
+        if evaluate(basis, ys, x) != shares[x]:
             raise SecAggError(
                 ErrorCode.INCONSISTENT_SHARES,
                 f"share at x={x} does not lie on the polynomial of the first {threshold} shares",

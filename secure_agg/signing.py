@@ -4,8 +4,9 @@ The identity key is generated and enrolled outside this package (the agent keeps
 private key on the device; the coordinator knows the public key from enrollment). Here it
 signs two things, each with its own domain-separation label:
 
-* :func:`advertise_payload`: the round id, the client id and both fresh X25519 public keys
-  (phase 0), so a server cannot substitute keys or replay them into another round;
+* :func:`advertise_payload`: the round id, the client id, both fresh X25519 public keys and
+  the commitment to the self-mask secret (phase 0), so a server cannot substitute keys or a
+  commitment, or replay them into another round;
 * :func:`consistency_payload`: the session id and the sorted survivor set ``U3`` (phase 3),
   so honest clients can check they were all told the same survivors.
 
@@ -35,7 +36,7 @@ __all__ = [
 
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
-_ADVERTISE_LABEL = b"fedadamw-secagg/v1/advertise-keys"
+_ADVERTISE_LABEL = b"fedadamw-secagg/v2/advertise-keys"
 _CONSISTENCY_LABEL = b"fedadamw-secagg/v1/consistency"
 
 
@@ -65,15 +66,22 @@ def _field(value: bytes) -> bytes:
 
 
 def advertise_payload(
-    *, round_id: str, client_id: int, encryption_key: bytes, masking_key: bytes
+    *,
+    round_id: str,
+    client_id: int,
+    encryption_key: bytes,
+    masking_key: bytes,
+    self_mask_commitment: bytes,
 ) -> bytes:
-    """What a client signs in phase 0: round, id and both X25519 public keys."""
+    """What a client signs in phase 0: round, id, both X25519 public keys and the
+    commitment to its self-mask secret (:func:`secure_agg.session.commit_self_mask`)."""
     return (
         _ADVERTISE_LABEL
         + _field(round_id.encode("utf-8"))
         + client_id.to_bytes(8, "big")
         + _field(encryption_key)
         + _field(masking_key)
+        + _field(self_mask_commitment)
     )
 
 

@@ -7,23 +7,103 @@ the seeds for:
 * each survivor's self mask ``PRG(b_u)``, with ``b_u`` rebuilt from its neighbours'
   b-shares (to subtract);
 * for each client v that shared keys but sent no input (U2 - U3), its pair masks with its
-  surviving neighbours w. ``s_sk_v`` is rebuilt from s_sk-shares and checked against v's
-  advertised public key; w added ``+PRG(s_vw)`` if ``v > w`` and ``-PRG(s_vw)`` otherwise,
-  so the server subtracts or adds it back.
+  surviving neighbours w, from ``s_sk_v`` rebuilt from s_sk-shares; w added ``+PRG(s_vw)``
+  if ``v > w`` and ``-PRG(s_vw)`` otherwise, so the server subtracts or adds it back.
+
+Every rebuilt secret is checked against a commitment its owner made before any share was
+sent: ``b_u`` against the hash ``u`` signed in its advert
+(:func:`~secure_agg.session.commit_self_mask`), ``s_sk_v`` against ``v``'s advertised
+public key. Shamir alone cannot see a forged share when exactly t shares are revealed (it
+silently gives a wrong secret); the commitment can. When a secret misses its commitment and
+more than t shares were revealed, :func:`recover_secret` searches for a subset of t shares
+that meets it and names the shares off that polynomial: those responders forged them.
 
 Raises :class:`~secure_agg.errors.SecAggError`: ``TOO_FEW_SHARES`` when fewer than t shares
-of a needed secret were revealed, ``INCONSISTENT_SHARES`` when the shares disagree or the
-rebuilt key does not match its advertised public key. Rebuilt secrets live only inside the
-call.
+of a needed secret were revealed, ``INCONSISTENT_SHARES`` (with ``culprits`` where they
+could be told) when the shares disagree or the secret misses its commitment. Rebuilt
+secrets live only inside the call.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Mapping
+
 from secure_agg import kdf, shamir
 from secure_agg.errors import ErrorCode, SecAggError
-from secure_agg.session import Session, self_mask_seed
+from secure_agg.session import Session, commit_self_mask, self_mask_seed
 
-__all__ = ["removal_seeds"]
+__all__ = ["MAX_SUBSETS", "recover_secret", "removal_seeds"]
+
+MAX_SUBSETS = 4096
+"""The most subsets of t shares :func:`recover_secret` tries to tell forgers apart."""
+
+
+def _subsets(xs: list[int], threshold: int) -> itertools.chain[tuple[int, ...]]:
+    """Subsets of ``threshold`` of ``xs``, the ones leaving out fewest shares first."""
+    spare = len(xs) - threshold
+    return itertools.chain.from_iterable(
+        (
+            tuple(x for x in xs if x not in excluded)
+            for excluded in itertools.combinations(xs, leave_out)
+        )
+        for leave_out in range(1, spare + 1)
+    )
+
+
+def _on_polynomial(shares: Mapping[int, int], basis: tuple[int, ...]) -> frozenset[int]:
+    """The x's of ``shares`` that lie on the polynomial through ``basis``."""
+    on = set(basis)
+    ys = [shares[x] for x in basis]
+    for x in shares:
+        if x not in on and shamir.evaluate(basis, ys, x) == shares[x]:
+            on.add(x)
+    return frozenset(on)
+
+
+def recover_secret(
+    shares: Mapping[int, int],
+    *,
+    threshold: int,
+    matches: Callable[[int], bool],
+    what: str,
+) -> int:
+    """The secret of ``shares`` (``{responder: share}``) that ``matches`` its commitment.
+
+    Raises ``TOO_FEW_SHARES``, or ``INCONSISTENT_SHARES`` when no secret matching the
+    commitment comes out of the shares; then ``culprits`` names the responders whose
+    shares lie off the polynomial that does match, if one was found among at most
+    :data:`MAX_SUBSETS` subsets (it cannot be when exactly ``threshold`` were revealed).
+    """
+    try:
+        secret = shamir.combine(shares, threshold=threshold)
+    except SecAggError as exc:
+        if exc.code is not ErrorCode.INCONSISTENT_SHARES:
+            raise
+    else:
+        if matches(secret):
+            return secret
+    xs = sorted(shares)
+    for tried, basis in enumerate(_subsets(xs, threshold)):
+        if tried >= MAX_SUBSETS:
+            break
+        honest = _on_polynomial(shares, basis[:threshold])
+        if len(honest) < threshold:
+            continue
+        candidate = shamir.combine({x: shares[x] for x in honest}, threshold=threshold)
+        if matches(candidate):
+            culprits = frozenset(xs) - honest
+            raise SecAggError(
+                ErrorCode.INCONSISTENT_SHARES,
+                f"forged shares of the {what}: responders {sorted(culprits)} revealed shares "
+                "off the polynomial that meets the commitment",
+                culprits=culprits,
+            )
+    raise SecAggError(
+        ErrorCode.INCONSISTENT_SHARES,
+        f"the {what} rebuilt from {len(xs)} shares does not meet its commitment, and the "
+        "forged shares cannot be told apart",
+    )
 
 
 def removal_seeds(
@@ -40,10 +120,23 @@ def removal_seeds(
     ``s_shares[v]`` likewise for ``s_sk_v``, ``v`` in U2 - U3.
     """
     threshold = session.threshold
+    round_id = session.config.round_id
     add: list[bytes] = []
     subtract: list[bytes] = []
     for owner in sorted(u3):
-        secret = shamir.combine(b_shares.get(owner, {}), threshold=threshold)
+        commitment = session.by_id[owner].self_mask_commitment
+
+        def meets_commitment(
+            secret: int, owner: int = owner, commitment: bytes = commitment
+        ) -> bool:
+            return commit_self_mask(round_id=round_id, client_id=owner, secret=secret) == commitment
+
+        secret = recover_secret(
+            b_shares.get(owner, {}),
+            threshold=threshold,
+            matches=meets_commitment,
+            what=f"self-mask secret of client {owner}",
+        )
         subtract.append(
             self_mask_seed(session_id=session.session_id, client_id=owner, secret=secret)
         )
@@ -51,13 +144,18 @@ def removal_seeds(
         partners = session.neighbours(owner) & u3
         if not partners:
             continue
-        scalar = shamir.combine(s_shares.get(owner, {}), threshold=threshold)
+        advertised = session.by_id[owner].masking_key
+
+        def meets_public_key(scalar: int, advertised: bytes = advertised) -> bool:
+            return kdf.scalar_matches_public_key(scalar, advertised)
+
+        scalar = recover_secret(
+            s_shares.get(owner, {}),
+            threshold=threshold,
+            matches=meets_public_key,
+            what=f"masking key of client {owner}",
+        )
         masking_key = kdf.private_key_from_scalar(scalar)
-        if kdf.public_bytes(masking_key) != session.by_id[owner].masking_key:
-            raise SecAggError(
-                ErrorCode.INCONSISTENT_SHARES,
-                f"rebuilt masking key of client {owner} does not match its advert",
-            )
         for partner in sorted(partners):
             seed = kdf.derive_pair_key(
                 masking_key,

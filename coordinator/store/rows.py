@@ -186,6 +186,7 @@ def advertised_keys_from_row(row: AdvertisedKeysRow) -> AdvertisedKeysRecord:
         secagg_id=row.secagg_id,
         encryption_key=bytes(row.encryption_key),
         masking_key=bytes(row.masking_key),
+        self_mask_commitment=bytes(row.self_mask_commitment or b""),
         signature=bytes(row.signature),
     )
 

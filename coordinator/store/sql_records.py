@@ -74,6 +74,7 @@ def add_advertised_keys(session: Session, record: AdvertisedKeysRecord) -> AddRe
                 secagg_id=record.secagg_id,
                 encryption_key=record.encryption_key,
                 masking_key=record.masking_key,
+                self_mask_commitment=record.self_mask_commitment,
                 signature=record.signature,
             )
         ],

@@ -250,6 +250,8 @@ class AdvertisedKeysRow(Base):
     encryption_key: Mapped[bytes] = mapped_column(LargeBinary)
     masking_key: Mapped[bytes] = mapped_column(LargeBinary)
     signature: Mapped[bytes] = mapped_column(LargeBinary)
+    # NULL only in rows written before revision 20261201_0002; such a round cannot resume.
+    self_mask_commitment: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class ShareRow(Base):

@@ -202,18 +202,20 @@ class BlobChunk(_message.Message):
     def __init__(self, index: _Optional[int] = ..., total_chunks: _Optional[int] = ..., total_size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class AdvertisedKeys(_message.Message):
-    __slots__ = ("secagg_id", "identity_key", "encryption_key", "masking_key", "signature")
+    __slots__ = ("secagg_id", "identity_key", "encryption_key", "masking_key", "signature", "self_mask_commitment")
     SECAGG_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_KEY_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTION_KEY_FIELD_NUMBER: _ClassVar[int]
     MASKING_KEY_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SELF_MASK_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     secagg_id: int
     identity_key: bytes
     encryption_key: bytes
     masking_key: bytes
     signature: bytes
-    def __init__(self, secagg_id: _Optional[int] = ..., identity_key: _Optional[bytes] = ..., encryption_key: _Optional[bytes] = ..., masking_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    self_mask_commitment: bytes
+    def __init__(self, secagg_id: _Optional[int] = ..., identity_key: _Optional[bytes] = ..., encryption_key: _Optional[bytes] = ..., masking_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., self_mask_commitment: _Optional[bytes] = ...) -> None: ...
 
 class EncryptedShare(_message.Message):
     __slots__ = ("sender", "recipient", "ciphertext")
@@ -304,18 +306,20 @@ class RoundEvent(_message.Message):
     def __init__(self, round_id: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., keys: _Optional[_Union[KeysBroadcast, _Mapping]] = ..., shares: _Optional[_Union[SharesDelivery, _Mapping]] = ..., consistency: _Optional[_Union[ConsistencyRequest, _Mapping]] = ..., unmask: _Optional[_Union[UnmaskPrompt, _Mapping]] = ..., finished: _Optional[_Union[RoundFinished, _Mapping]] = ...) -> None: ...
 
 class AdvertiseKeysRequest(_message.Message):
-    __slots__ = ("round_id", "phase", "encryption_key", "masking_key", "signature")
+    __slots__ = ("round_id", "phase", "encryption_key", "masking_key", "signature", "self_mask_commitment")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTION_KEY_FIELD_NUMBER: _ClassVar[int]
     MASKING_KEY_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SELF_MASK_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     phase: Phase
     encryption_key: bytes
     masking_key: bytes
     signature: bytes
-    def __init__(self, round_id: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., encryption_key: _Optional[bytes] = ..., masking_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    self_mask_commitment: bytes
+    def __init__(self, round_id: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., encryption_key: _Optional[bytes] = ..., masking_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., self_mask_commitment: _Optional[bytes] = ...) -> None: ...
 
 class ShareKeysRequest(_message.Message):
     __slots__ = ("round_id", "phase", "session_id", "shares")

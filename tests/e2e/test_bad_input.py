@@ -132,6 +132,7 @@ def _advert(round_id: str, phase: int = ADVERTISE, **fields: bytes) -> pb.Advert
         "encryption_key": os.urandom(32),
         "masking_key": os.urandom(32),
         "signature": os.urandom(64),
+        "self_mask_commitment": os.urandom(32),
     }
     values.update(fields)
     return pb.AdvertiseKeysRequest(round_id=round_id, phase=phase, **values)
@@ -343,6 +344,7 @@ def test_advertise_keys_refuses_bad_keys_and_other_phases(cluster: Cluster) -> N
             {"masking_key": os.urandom(33)},
             {"signature": os.urandom(63)},
             {"encryption_key": b""},
+            {"self_mask_commitment": os.urandom(31)},
         ]:
             details = await expect(S.INVALID_ARGUMENT, stub.AdvertiseKeys(_advert(rid, **fields)))
             assert "must be" in details

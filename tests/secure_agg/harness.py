@@ -79,8 +79,18 @@ def random_values(config: SessionConfig, client_id: int, seed: object) -> dict[s
 class Round:
     """One round: ``clients`` by id, the server state, and the server's latest outbox."""
 
-    def __init__(self, config: SessionConfig, client_ids: Iterable[int], *, seed: object = 0):
+    def __init__(
+        self,
+        config: SessionConfig,
+        client_ids: Iterable[int],
+        *,
+        seed: object = 0,
+        corrupt_rate: float = 0.0,
+    ):
         self.config = config
+        self.corrupt_rate = corrupt_rate
+        """What the clients assume (``max_clients`` is larger than most test cohorts, so the
+        default 0 lets small tests pick any ``t`` with ``2t > neighbours``)."""
         self.layout = config.params.layout
         self.seed = seed
         self.ids = sorted(client_ids)
@@ -121,6 +131,7 @@ class Round:
                 self.config,
                 client_id=cid,
                 identity_key=self.identities[cid],
+                corrupt_rate=self.corrupt_rate,
                 source=seeded_source(self.seed, "client", cid),
             )
             self.clients[cid] = step.state

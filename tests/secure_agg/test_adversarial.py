@@ -12,6 +12,7 @@ from secure_agg import (
     ClientAbort,
     ClientAborted,
     ClientCompleted,
+    ClientShareKeys,
     ConsistencyRequest,
     EncryptedShare,
     ErrorCode,
@@ -123,20 +124,26 @@ def test_key_copied_to_another_entry() -> None:
 
 
 @pytest.mark.parametrize("bad_key", [bytes(32), bytes(31)])
-def test_neighbour_key_that_cannot_be_agreed_with(bad_key: bytes) -> None:
-    # A colluding client signs a small-order (or truncated) masking key; the server forwards it.
+def test_neighbour_key_that_cannot_be_agreed_with_counts_as_dropped(bad_key: bytes) -> None:
+    # A client signs a small-order (or truncated) masking key and a lying server forwards it:
+    # the victim shares with everyone else and goes on, as if that neighbour had dropped.
     round_ = _round("keys")
     accomplice = round_.identities[4]
+    entry = next(e for e in _victims(round_).keys if e.client_id == 4)
     payload = signing.advertise_payload(
         round_id=round_.config.round_id,
         client_id=4,
-        encryption_key=next(e for e in _victims(round_).keys if e.client_id == 4).encryption_key,
+        encryption_key=entry.encryption_key,
         masking_key=bad_key,
+        self_mask_commitment=entry.self_mask_commitment,
     )
     lie = _replace_entry(
         _victims(round_), 4, masking_key=bad_key, signature=signing.sign(accomplice, payload)
     )
-    _expect_abort(round_, lie, AbortReason.KEY_AGREEMENT_FAILED)
+    step = round_.clients[VICTIM].handle(lie)
+    assert isinstance(step.state, ClientShareKeys)
+    assert isinstance(step.message, ShareKeys)
+    assert sorted(share.recipient for share in step.message.shares) == [2, 3, 5, 6]
 
 
 def test_too_few_neighbours_advertised() -> None:

@@ -88,7 +88,8 @@ def _scenario(draw: st.DrawFn, complete: bool) -> dict[str, Any]:
     n = draw(st.integers(3 if complete else 4, 60))
     degree = None if complete else 2 * draw(st.integers(1, (n - 2) // 2))
     k = n - 1 if degree is None else degree
-    threshold = draw(st.integers(2, max(2, k // 2 + 1)))
+    # The least safe t (2t > k, for clients that assume no corrupt peers) and a little more.
+    threshold = draw(st.integers(k // 2 + 1, max(2, k // 2 + 1, (3 * k) // 4)))
     budget = k - threshold
     victims = draw(st.lists(st.integers(1, n), unique=True, max_size=budget))
     dropped: dict[str, set[int]] = {point: set() for point in POINTS}
@@ -142,9 +143,9 @@ def test_exact_sum_k_regular_graph_with_dropouts(scenario: dict[str, Any]) -> No
 
 @pytest.mark.parametrize(
     ("n", "degree", "threshold", "point"),
-    [(3, None, 2, None), (60, None, 30, "after_shares"), (60, 8, 4, "after_keys")]
+    [(3, None, 2, None), (60, None, 30, "after_shares"), (60, 8, 5, "after_keys")]
     + [(8, None, 4, point) for point in POINTS]
-    + [(20, 6, 3, point) for point in POINTS],
+    + [(20, 6, 4, point) for point in POINTS],
 )
 def test_exact_sum_at_each_dropout_point(
     n: int, degree: int | None, threshold: int, point: str | None
@@ -249,10 +250,18 @@ def test_conflicting_messages_are_refused() -> None:
     config = make_config(delta_length=6, threshold=2, degree=None)
     round_ = Round(config, range(1, 5), seed="conflict")
     first = start_client(
-        config, client_id=1, identity_key=round_.identities[1], source=seeded_source("one")
+        config,
+        client_id=1,
+        identity_key=round_.identities[1],
+        corrupt_rate=0.0,
+        source=seeded_source("one"),
     )
     restarted = start_client(
-        config, client_id=1, identity_key=round_.identities[1], source=seeded_source("two")
+        config,
+        client_id=1,
+        identity_key=round_.identities[1],
+        corrupt_rate=0.0,
+        source=seeded_source("two"),
     )
     assert round_.phase.receive(first.message) is ReceiveOutcome.ACCEPTED  # type: ignore[arg-type]
     # A client that restarts mid-round with fresh keys cannot replace its advert.
@@ -276,6 +285,14 @@ def test_conflicting_messages_are_refused() -> None:
     with pytest.raises(SecAggError) as caught:
         round_.phase.receive(overlapping)
     assert caught.value.code is ErrorCode.CONFLICTING_MESSAGE
+    # The same offset and length with other values is a conflict, not a duplicate, and
+    # stays one once the phase is rebuilt from its persisted data.
+    forged = MaskedInputChunk(masked.session_id, 1, 0, masked.values[:6] + np.uint32(1))
+    for phase in (round_.phase, restore_server(round_.phase.data)):  # type: ignore[attr-defined]
+        with pytest.raises(SecAggError) as caught:
+            phase.receive(forged)
+        assert caught.value.code is ErrorCode.CONFLICTING_MESSAGE
+        assert phase.receive(head) is ReceiveOutcome.DUPLICATE
 
 
 def test_unexpected_messages_name_both_sides_and_change_nothing() -> None:
@@ -298,7 +315,7 @@ def test_unexpected_messages_name_both_sides_and_change_nothing() -> None:
 
 
 def test_bad_messages_raise_and_leave_the_phase_intact() -> None:
-    config = make_config(delta_length=6, threshold=2, degree=None)
+    config = make_config(delta_length=6, threshold=3, degree=None)
     round_ = Round(config, range(1, 6), seed="bad")
     server = round_.phase
     advert = start_client(
@@ -356,7 +373,7 @@ def test_partly_summed_input_aborts_the_round() -> None:
 def test_server_memory_is_order_d_whatever_n() -> None:
     peaks = {}
     for n in (6, 24):
-        config = make_config(delta_length=50_000, threshold=2, degree=4, moment_length=1)
+        config = make_config(delta_length=50_000, threshold=3, degree=4, moment_length=1)
         round_ = Round(config, range(1, n + 1), seed=n)
         round_.advertise()
         round_.deliver()
@@ -382,7 +399,7 @@ def test_server_memory_is_order_d_whatever_n() -> None:
 
 
 def test_client_abort_is_recorded_with_its_reason() -> None:
-    config = make_config(delta_length=6, threshold=2, degree=None)
+    config = make_config(delta_length=6, threshold=3, degree=None)
     round_ = Round(config, range(1, 6), seed="abort")
     round_.advertise()
     notice = ClientAbort(round_id=config.round_id, client_id=3, reason=AbortReason.BAD_SIGNATURE)
@@ -402,7 +419,7 @@ def test_client_abort_is_recorded_with_its_reason() -> None:
 
 
 def test_coordinator_abort_tells_every_alive_client() -> None:
-    config = make_config(delta_length=6, threshold=2, degree=None)
+    config = make_config(delta_length=6, threshold=3, degree=None)
     round_ = Round(config, range(1, 6), seed="cancel")
     round_.advertise()
     step = round_.phase.abort()

@@ -18,6 +18,7 @@ def _keys() -> tuple[AdvertiseKeys, ...]:
             identity_key=bytes([cid]) * 32,
             encryption_key=bytes([cid + 50]) * 32,
             masking_key=bytes([cid + 100]) * 32,
+            self_mask_commitment=bytes([cid + 200]) * 32,
             signature=bytes([cid + 150]) * 64,
         )
         for cid in (1, 2, 3, 4)
@@ -41,7 +42,13 @@ def test_session_id_is_order_independent_and_binds_everything() -> None:
         ),
         (config, keys[:3]),
     ]
-    for field in ("identity_key", "encryption_key", "masking_key", "signature"):
+    for field in (
+        "identity_key",
+        "encryption_key",
+        "masking_key",
+        "self_mask_commitment",
+        "signature",
+    ):
         changed = dataclasses.replace(keys[2], **{field: b"\xff" + getattr(keys[2], field)[1:]})
         variants.append((config, (*keys[:2], changed, keys[3])))
     ids = {compute_session_id(c, k) for c, k in variants}

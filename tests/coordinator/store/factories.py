@@ -131,6 +131,7 @@ def keys(round_id: str, secagg_id: int, *, variant: str = "") -> AdvertisedKeysR
         secagg_id=secagg_id,
         encryption_key=f"c-pk-{secagg_id}{variant}".encode(),
         masking_key=f"s-pk-{secagg_id}".encode(),
+        self_mask_commitment=f"b-commit-{secagg_id}".encode(),
         signature=f"sig-{secagg_id}".encode(),
     )
 

@@ -4,7 +4,8 @@
     token create        print a single-use enrollment token
     clients list        enrolled clients
     clients revoke ID   revoke a client at once
-    status [--json]     model version, rounds with outcome, cohort, survivors, timings
+    status [--json]     model version, rounds with outcome, cohort, survivors, timings and
+                        secure aggregation (t, k, ring bits) or plain sums
     export              write a model version as a torch state dict
     db upgrade          migrate the database to this version's schema
 
@@ -182,7 +183,13 @@ def _parser() -> argparse.ArgumentParser:
     revoke.set_defaults(run=_clients_revoke)
 
     status = commands.add_parser(
-        "status", help="model version and rounds", description="Show the model version and rounds."
+        "status",
+        help="model version and rounds",
+        description=(
+            "Show the model version and rounds: each round's outcome, cohort, survivors, "
+            "timings and its secure aggregation (threshold t, neighbour degree k or the "
+            "complete graph, ring bits), or that it summed in plain."
+        ),
     )
     _common(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")

@@ -20,6 +20,38 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return None if start is None or end is None else round((end - start).total_seconds(), 3)
 
 
+def _secure_aggregation(round_: Round) -> dict[str, Any] | None:
+    """The threshold t, neighbour degree k (None: the complete graph) and ring bits a round
+    ran secure aggregation with, or None for a round of plain sums.
+
+    Read by key from the round's ``RoundSettings`` JSON: ``RoundSettings.from_json`` would
+    import the training code (torch), which the admin commands start without.
+    """
+    try:
+        settings = json.loads(round_.config)
+        if not settings["secure"]:
+            return None
+        degree = settings["degree"]
+        return {
+            "threshold": int(settings["threshold"]),
+            "degree": None if degree is None else int(degree),
+            "ring_bits": int(settings["quantization"]["ring_bits"]),
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CoordinatorError(
+            ErrorCode.INTERNAL,
+            f"round {round_.number}: its stored configuration is unreadable: {exc!r}",
+        ) from exc
+
+
+def _secure_aggregation_text(secure: dict[str, Any] | None) -> str:
+    """``t=2 k=complete ring=2^32``, or ``plain`` for a round without secure aggregation."""
+    if secure is None:
+        return "plain"
+    degree = "complete" if secure["degree"] is None else secure["degree"]
+    return f"t={secure['threshold']} k={degree} ring=2^{secure['ring_bits']}"
+
+
 def _round_entry(store: Store, round_: Round) -> dict[str, Any]:
     participants = store.list_participants(round_.round_id)
     timings = store.list_phase_timings(round_.round_id)
@@ -44,6 +76,7 @@ def _round_entry(store: Store, round_: Round) -> dict[str, Any]:
         else None,
         "duration_seconds": _seconds(round_.started_at, round_.finished_at),
         "abort_reason": round_.abort_reason,
+        "secure_aggregation": _secure_aggregation(round_),
         "dropouts": dict(dropouts),
         "phases": [
             {
@@ -87,11 +120,11 @@ def format_status(report: dict[str, Any]) -> str:
         return "no model yet: the coordinator has not started on this data directory"
     accuracy = report["test_accuracy"]
     lines = [
-        f"model version {report['model_version']} (t = {report['global_step']}), test accuracy "
-        f"{'n/a' if accuracy is None else f'{accuracy:.4f}'}",
+        f"model version {report['model_version']} (global step {report['global_step']}), "
+        f"test accuracy {'n/a' if accuracy is None else f'{accuracy:.4f}'}",
         "",
         f"{'round':>5}  {'outcome':9}  {'phase':17}  {'cohort':>6}  {'survivors':>9}  "
-        f"{'version':>7}  {'seconds':>8}  dropouts / reason",
+        f"{'version':>7}  {'seconds':>8}  {'secure aggregation':24}  dropouts / reason",
     ]
     for r in report["rounds"]:
         version = r["committed_version"] if r["committed_version"] is not None else "-"
@@ -99,9 +132,10 @@ def format_status(report: dict[str, Any]) -> str:
         dropped = ", ".join(f"{k}:{v}" for k, v in r["dropouts"].items()) or "-"
         reason = f" ({r['abort_reason']})" if r["abort_reason"] else ""
         survivors = r["survivors"] if r["survivors"] is not None else "-"
+        secure = _secure_aggregation_text(r["secure_aggregation"])
         lines.append(
             f"{r['round']:>5}  {r['outcome']:9}  {r['phase']:17}  {r['cohort']:>6}  "
-            f"{survivors:>9}  {version:>7}  {seconds:>8}  {dropped}{reason}"
+            f"{survivors:>9}  {version:>7}  {seconds:>8}  {secure:24}  {dropped}{reason}"
         )
     return "\n".join(lines)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from coordinator.round_settings import RoundSettings
 from edge_client.session import Outcome
 from fedadamw.tasks.models import DigitsCNN
 
@@ -61,9 +62,25 @@ def test_status_json_describes_the_run(ran: Coordinator) -> None:
         "unmasking",
     ]
     assert all(p["alive"] == 3 for p in round0["phases"])
+    # The defaults choose t = 2 over the complete graph for three clients, on a 2^32 ring:
+    # what the round stored, ran with and logged.
+    assert round0["secure_aggregation"] == {"threshold": 2, "degree": None, "ring_bits": 32}
+    with sqlite3.connect(ran.data_dir / "coordinator.db") as db:
+        (stored,) = db.execute(
+            "SELECT config FROM rounds WHERE round_id = ?", (round0["round_id"],)
+        ).fetchone()
+    settings = RoundSettings.from_json(stored)
+    assert round0["secure_aggregation"] == {
+        "threshold": settings.threshold,
+        "degree": settings.degree,
+        "ring_bits": settings.layout.ring_bits,
+    }
+    assert "secure aggregation (t=2, k=complete, ring 2^32)" in ran.log()
     text = ran.cli("status").stdout
     assert "model version 1" in text
-    assert "committed" in text
+    assert "secure aggregation" in text.splitlines()[2]  # the table's header
+    (row,) = [line for line in text.splitlines() if line.split()[:2] == ["0", "committed"]]
+    assert "t=2 k=complete ring=2^32" in row
 
 
 def test_clients_list_and_revoke(ran: Coordinator) -> None:

@@ -210,5 +210,13 @@ def test_plain_sum_mode_commits_the_same_rule(tmp_path: Path) -> None:
             x1, x0 + np.mean([u.sent["delta"] for u in updates], axis=0), atol=2e-6
         )
         assert "PLAIN sums" in coordinator.log()
+        (round0,) = coordinator.status()["rounds"]
+        assert round0["secure_aggregation"] is None
+        (row,) = [
+            line
+            for line in coordinator.cli("status").stdout.splitlines()
+            if line.split()[:2] == ["0", "committed"]
+        ]
+        assert row.split()[7] == "plain"  # the secure-aggregation column
     finally:
         coordinator.stop()

@@ -18,6 +18,7 @@ BENCHMARKS = {
     "second-moment": "tests.benchmarks.bench_second_moment",
     "ingest": "tests.benchmarks.bench_ingest",
     "agent": "tests.benchmarks.bench_agent",
+    "cohort": "tests.benchmarks.bench_cohort",
 }
 
 

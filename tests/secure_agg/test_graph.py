@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+import time
+
 import numpy as np
 import pytest
 
 from secure_agg import ErrorCode, GraphParameters, SecAggError, build_graph, choose_parameters
-from secure_agg.graph_params import COMPLETE_GRAPH_MAX_CLIENTS, REFERENCE_TABLE
+from secure_agg.graph_params import (
+    CORRECTNESS_BITS,
+    REFERENCE_TABLE,
+    SECURITY_BITS,
+    _choose,
+)
+from secure_agg.threshold import required_threshold, threshold_is_safe
 
 
 def _connected(clients: set[int], neighbours: dict[int, frozenset[int]]) -> bool:
@@ -68,7 +78,7 @@ def test_bad_degrees_are_refused(degree: int) -> None:
 
 
 def test_reference_table_is_what_the_finder_computes() -> None:
-    assert len(REFERENCE_TABLE) == 80
+    assert len(REFERENCE_TABLE) == 11 * 4 * 4
     for (n, dropout, corrupt), (degree, threshold) in REFERENCE_TABLE.items():
         found = choose_parameters(n, dropout_rate=dropout, corrupt_rate=corrupt)
         assert (found.degree, found.threshold) == (degree, threshold), (n, dropout, corrupt)
@@ -77,17 +87,139 @@ def test_reference_table_is_what_the_finder_computes() -> None:
 def test_found_parameters_satisfy_the_documented_rules() -> None:
     for (n, dropout, corrupt), (degree, threshold) in REFERENCE_TABLE.items():
         k = n - 1 if degree is None else degree
-        assert (degree is None) == (n <= COMPLETE_GRAPH_MAX_CLIENTS)
         assert 2 <= threshold <= k
         # Privacy against a lying server needs 2t > k (plus corrupt neighbours).
         assert 2 * threshold > k
+        assert threshold_is_safe(threshold, clients=n, holders=k, corrupt_rate=corrupt)
         if degree is not None:
             assert degree % 2 == 0
-        # More dropouts never make the graph sparser.
-        worse = REFERENCE_TABLE.get((n, round(dropout + 0.1, 2), corrupt))
-        if worse is not None and degree is not None:
-            assert worse[0] is not None
-            assert worse[0] >= degree
+            assert degree < n - 1
+        # More dropouts or more corruption never make the graph sparser.
+        for worse in (
+            REFERENCE_TABLE.get((n, round(dropout + 0.1, 2), corrupt)),
+            REFERENCE_TABLE.get((n, dropout, {0.0: 0.05, 0.05: 0.1, 0.1: 0.2}.get(corrupt, 1))),
+        ):
+            if worse is not None:
+                assert (n - 1 if worse[0] is None else worse[0]) >= k, (n, dropout, corrupt)
+
+
+# An independent evaluation of the three rules of the module docstring, in exact
+# integer binomials, without the finder's shortcuts.
+
+
+def _cut_is_unlikely(n: int, k: int, dropout: float, corrupt: float) -> bool:
+    if k == n - 1:
+        return True
+    return n * (n - k - 1) / 2 * (dropout + corrupt) ** k < 2.0 ** -(SECURITY_BITS + 1)
+
+
+def _short_probability(k: int, threshold: int, dropout: float) -> float:
+    """P[more than k - t of k neighbours drop], dropouts independent with rate ``dropout``."""
+    return sum(
+        math.comb(k, x) * dropout**x * (1 - dropout) ** (k - x)
+        for x in range(k - threshold + 1, k + 1)
+    )
+
+
+def _qualifies(n: int, k: int, dropout: float, corrupt: float) -> bool:
+    threshold = required_threshold(clients=n, holders=k, corrupt_rate=corrupt)
+    return (
+        threshold <= k
+        and _cut_is_unlikely(n, k, dropout, corrupt)
+        and n * _short_probability(k, threshold, dropout) <= 2.0**-CORRECTNESS_BITS
+    )
+
+
+@pytest.mark.parametrize(
+    ("dropout", "corrupt"), [(0.1, 0.05), (0.05, 0.0), (0.2, 0.1), (0.0, 0.05)]
+)
+def test_the_cheapest_qualifying_graph_is_chosen(dropout: float, corrupt: float) -> None:
+    for n in [*range(3, 130), 150, 200, 301]:
+        found = choose_parameters(n, dropout_rate=dropout, corrupt_rate=corrupt)
+        k = found.neighbours(n)
+        assert found.threshold == required_threshold(clients=n, holders=k, corrupt_rate=corrupt)
+        smaller = range(2, min(k, n - 1), 2)
+        assert not any(_qualifies(n, d, dropout, corrupt) for d in smaller), (n, k)
+        if _qualifies(n, k, dropout, corrupt):
+            continue
+        # Only the complete graph may miss the correctness target, when no graph meets it,
+        # and it must still survive the expected dropouts.
+        assert found.degree is None, (n, k)
+        assert found.threshold <= n - 1 - math.floor(dropout * n + 1e-12)
+
+
+@pytest.mark.parametrize(
+    ("dropout", "corrupt"), [(0.1, 0.05), (0.05, 0.0), (0.2, 0.1), (0.3, 0.05), (0.1, 0.2)]
+)
+def test_cost_grows_smoothly_with_the_cohort(dropout: float, corrupt: float) -> None:
+    sizes = range(3, 1201)
+    ks = [
+        choose_parameters(n, dropout_rate=dropout, corrupt_rate=corrupt).neighbours(n)
+        for n in sizes
+    ]
+    for n, before, after in zip(sizes[1:], ks, ks[1:], strict=False):
+        if n <= 20:
+            assert before <= after <= before + 1, n  # the complete graph of small cohorts
+        else:
+            assert 0.9 * before <= after <= 1.25 * before, (n, before, after)
+    # Nothing special at 100: the cohorts around it cost about the same, far below n - 1.
+    around = [ks[n - 3] for n in range(90, 111)]
+    assert max(around) <= 1.25 * min(around)
+    if (dropout, corrupt) == (0.1, 0.05):
+        assert ks[100 - 3] == ks[103 - 3] == 42
+        assert ks[100 - 3] < 99 / 2
+
+
+def test_threshold_is_what_every_client_checks() -> None:
+    sizes = [*range(3, 70), 73, 99, 100, 101, 103, 128, 150, 200, 333, 512, 1000, 2500]
+    for n in sizes:
+        for dropout in (0.0, 0.05, 0.1, 0.2, 0.3):
+            for corrupt in (0.0, 0.05, 0.1, 0.2):
+                found = choose_parameters(n, dropout_rate=dropout, corrupt_rate=corrupt)
+                k = found.neighbours(n)
+                assert threshold_is_safe(
+                    found.threshold, clients=n, holders=k, corrupt_rate=corrupt
+                ), (n, dropout, corrupt)
+                assert found.threshold == required_threshold(
+                    clients=n, holders=k, corrupt_rate=corrupt
+                )
+
+
+def test_small_cohorts_at_the_default_rates_survive_typical_dropouts() -> None:
+    # The coordinator's defaults. A fixed count floor(0.1 * 8) = 0 of dropouts would allow a
+    # ring at n = 8; the binomial model keeps the complete graph there.
+    for n in range(3, 31):
+        found = choose_parameters(n, dropout_rate=0.1, corrupt_rate=0.05)
+        assert found.degree is None
+        assert found.threshold <= n - 1 - math.floor(0.1 * n)
+    found = choose_parameters(8, dropout_rate=0.1, corrupt_rate=0.05)
+    assert (found.degree, found.threshold) == (None, 4)  # survives 3 of 8 dropping
+    # With no dropouts and no corruption at all, a ring is honest even for 8 clients.
+    assert choose_parameters(8, dropout_rate=0.0, corrupt_rate=0.0) == GraphParameters(2, 2)
+
+
+def test_binomial_dropouts_in_simulation() -> None:
+    # n = 200 at the coordinator's defaults: each client drops with probability 0.1; every
+    # survivor keeps >= t surviving neighbours.
+    n = 200
+    found = choose_parameters(n, dropout_rate=0.1, corrupt_rate=0.05)
+    assert found.degree is not None
+    rng = np.random.default_rng(7)
+    for trial in range(30):
+        graph = build_graph(range(1, n + 1), degree=found.degree, seed=trial.to_bytes(32, "big"))
+        alive = {c for c in range(1, n + 1) if rng.random() >= 0.1}
+        worst = min(len(graph.neighbours(c) & alive) for c in alive)
+        assert worst >= found.threshold
+
+
+def test_choosing_is_fast_up_to_ten_thousand_clients() -> None:
+    for dropout, corrupt in ((0.1, 0.05), (0.3, 0.2), (0.4, 0.1), (0.45, 0.1), (0.05, 0.9)):
+        _choose.cache_clear()
+        start = time.perf_counter()
+        # The last two are impossible: the search runs to the end and refuses.
+        with contextlib.suppress(SecAggError):
+            choose_parameters(10_000, dropout_rate=dropout, corrupt_rate=corrupt)
+        assert time.perf_counter() - start < 1.0, (dropout, corrupt)
 
 
 def test_neighbour_count_of_found_parameters() -> None:
@@ -97,7 +229,7 @@ def test_neighbour_count_of_found_parameters() -> None:
 
 
 def test_correctness_rule_holds_in_simulation() -> None:
-    # n = 1000 with 10% dropouts and no corruption: every client keeps >= t survivors.
+    # n = 1000 with 100 dropouts and no corruption: every client keeps >= t survivors.
     degree, threshold = REFERENCE_TABLE[(1000, 0.1, 0.0)]
     assert degree is not None
     rng = np.random.default_rng(5)

@@ -20,9 +20,9 @@ length live in the database next to the hash.
 Chunks arrive out of order and may be resent; each is written at its byte offset with
 ``pwrite`` and fsynced before :meth:`InputSpool.write_chunk` returns. The coordinator
 acknowledges a chunk to the agent only after that, so an acknowledged chunk survives
-``kill -9`` (DESIGN §5); once all of a participant's chunks are durable the coordinator
-adds its input into the round's running sum, and after a restart it can re-add every
-complete input from the spool.
+``kill -9`` (docs/architecture.md, section 5); once all of a participant's chunks are
+durable the coordinator adds its input into the round's running sum, and after a restart it
+can re-add every complete input from the spool.
 
 Every directory this module creates is 0700 and every file 0600. Names are validated
 before they touch a path, so nothing can escape the root. Errors are

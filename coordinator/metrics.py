@@ -1,4 +1,4 @@
-"""The coordinator's Prometheus metrics (DESIGN.md section 7), on a registry of its own.
+"""The coordinator's Prometheus metrics (docs/architecture.md, section 7), on a registry of its own.
 
 Names are ``fedadamw_*`` with the unit in the name. Label values come from enums (round
 outcomes, phases, drop reasons, gRPC status codes), so each label maps one-to-one onto a

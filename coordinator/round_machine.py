@@ -1,6 +1,6 @@
 """The round machine: selection, the phases with their deadlines, commit or abort.
 
-One ``RoundMachine`` leads the rounds (DESIGN.md section 3). Its driver task repeats until
+One ``RoundMachine`` leads rounds (docs/architecture.md, section 3). Its driver task repeats until
 the configured number of model versions is committed:
 
 1. **Selection.** Agents long-poll ``check_in``; once ``cohort`` of them wait (or

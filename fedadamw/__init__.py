@@ -1,6 +1,6 @@
 """FedAdamW: federated AdamW with a global-update correction and averaged second moments.
 
-The algorithm (DESIGN.md section 2), pure torch with no network or database: the client
+The algorithm (docs/architecture.md, section 2), pure torch with no network or database: the client
 optimizer, the server rule, the second-moment block partition, the flat tensor codec, the
 baselines, the tasks and the in-process simulator.
 

@@ -1,6 +1,6 @@
 """The FedAdamW client optimizer.
 
-Client i, round r (DESIGN.md section 2). ``begin_round`` starts the round from the server's
+Client i, round r (docs/architecture.md, section 2). ``begin_round`` starts it from the server's
 state: m ← 0, v ← v̄ (full tensors or block means), the correction direction ΔG and the number
 of steps t taken before this round. The k-th ``step()`` of the round then does::
 

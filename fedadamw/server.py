@@ -1,6 +1,6 @@
 """The FedAdamW server rule and the per-round learning-rate schedule.
 
-Over the S clients that survived round r (DESIGN.md section 2)::
+Over the S clients that survived round r (docs/architecture.md, section 2)::
 
     Δ̄        = (1/S) Σ Δ_i               # secure aggregation yields the sum
     x^{r+1}  = x^r + η_g·Δ̄               # server learning rate η_g, default 1
@@ -26,7 +26,7 @@ __all__ = ["Hyperparameters", "ServerState", "cosine_lr", "server_update"]
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    """FedAdamW's hyperparameters besides the learning rate (DESIGN.md section 2 defaults).
+    """FedAdamW's hyperparameters besides the learning rate (docs/architecture.md, section 2).
 
     ``clip_norm`` bounds each local gradient's global L2 norm (None: no clipping);
     ``server_lr`` scales the averaged update applied to the global model.

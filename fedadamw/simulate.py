@@ -2,7 +2,7 @@
 
 Each algorithm starts from the same initial model, sees the same clients selected in the
 same rounds, and each selected client draws the same batches in a given round, so the
-algorithms differ only in what they compute. Rounds follow DESIGN.md section 2: cosine
+algorithms differ only in what they compute. Rounds follow docs/architecture.md, section 2: cosine
 annealed η_r, K local steps, the mean update and mean second-moment block means applied by
 the server rule.
 """

@@ -17,7 +17,7 @@ Main entry points:
 Primitives live in submodules: :mod:`secure_agg.prg`, :mod:`secure_agg.kdf`,
 :mod:`secure_agg.aead`, :mod:`secure_agg.signing`, :mod:`secure_agg.shamir`.
 
-What it promises and what not (DESIGN.md section 4): an honest-but-curious server learns
+What it promises and what not (docs/architecture.md, section 4): an honest-but-curious server learns
 only the sum of at least t inputs; with signatures and the consistency check, a server that
 lies about dropouts gains nothing. It does not protect against a server that invents
 clients (Sybils; that needs the enrollment CA or attestation to vouch for identity keys),

@@ -40,7 +40,7 @@ Unusable neighbour keys. A neighbour whose advertised X25519 key has small order
 honest coordinator refuses when it is advertised) is treated as dropped: the client shares
 nothing with it, ignores what it sends, and goes on if enough holders remain.
 
-Aborts. On every condition DESIGN.md section 4 lists (and the adversarial cases of issue 3)
+Aborts. On each condition in docs/architecture.md, section 4 (and the adversarial cases of issue 3)
 the client moves to :class:`ClientAborted` with the matching :class:`AbortReason` and sends
 a :class:`ClientAbort`; it reveals nothing after that. A :class:`RoundAborted` from the
 server moves any live state to :class:`ClientAborted` (``SERVER_ABORTED``) silently. A

@@ -13,7 +13,7 @@ Randomness the server cannot grind. The order comes from an AES-CTR keystream ke
 (:mod:`secure_agg.session`), including each client's fresh X25519 keys drawn on the device.
 A server can therefore change the graph only by changing who takes part (dropping
 advertised clients before the broadcast, or adding Sybils, which this package does not
-defend against; see DESIGN.md section 4); it cannot pick a seed.
+defend against; see docs/architecture.md, section 4); it cannot pick a seed.
 
 With ``degree=None`` or ``degree >= n - 1`` the graph is complete (classic SecAgg), which is
 what the parameter finder picks for ``n <= 100``.

@@ -23,7 +23,7 @@ OPAQUE_CODES = {
     ErrorCode.TOKEN_USED,
 }
 
-# The statuses DESIGN.md section 6 and the wire contract promise.
+# The statuses docs/architecture.md, section 6, and the wire contract promise.
 EXPECTED_STATUS = {
     ErrorCode.INVALID_ARGUMENT: S.INVALID_ARGUMENT,
     ErrorCode.TOO_LARGE: S.RESOURCE_EXHAUSTED,

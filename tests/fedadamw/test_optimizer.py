@@ -1,4 +1,4 @@
-"""FedAdamW against a plain re-derivation of DESIGN.md section 2, and against AdamW."""
+"""FedAdamW against a plain re-derivation of docs/architecture.md, section 2, and against AdamW."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _loss(model: nn.Module, x: Tensor) -> Tensor:
 
 
 class Reference:
-    """The equations of DESIGN.md section 2, one tensor at a time, in float64."""
+    """The equations of docs/architecture.md, section 2, one tensor at a time, in float64."""
 
     def __init__(
         self, *, lr: float, betas: tuple[float, float], eps: float, wd: float, alpha: float

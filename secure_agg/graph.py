@@ -16,7 +16,8 @@ advertised clients before the broadcast, or adding Sybils, which this package do
 defend against; see docs/architecture.md, section 4); it cannot pick a seed.
 
 With ``degree=None`` or ``degree >= n - 1`` the graph is complete (classic SecAgg), which is
-what the parameter finder picks for ``n <= 100``.
+what the parameter finder picks only when no smaller degree meets its targets (small
+cohorts).
 
 Raises :class:`~secure_agg.errors.SecAggError` (``INVALID_PARAMETERS``) for an odd or
 too-small degree, duplicate ids, or a lookup of a client not in the graph.

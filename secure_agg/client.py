@@ -43,9 +43,9 @@ nothing with it, ignores what it sends, and goes on if enough holders remain.
 Aborts. On each condition in docs/architecture.md, section 4, and on every lie of
 docs/protocol.md's threat model, the client moves to :class:`ClientAborted` with the
 matching :class:`AbortReason` and sends a :class:`ClientAbort`; it reveals nothing after
-that. A :class:`RoundAborted` from the
-server moves any live state to :class:`ClientAborted` (``SERVER_ABORTED``) silently. A
-message the current state does not expect raises
+that. A :class:`RoundAborted` from the server moves any live state to
+:class:`ClientAborted` (``SERVER_ABORTED``) silently. A message the current state does not
+expect raises
 :class:`~secure_agg.errors.SecAggError` (``UNEXPECTED_MESSAGE``) naming both; the state is
 unchanged, so the caller may ignore it. ``mask`` raises ``INVALID_INPUT`` for a vector of
 the wrong dtype or length.

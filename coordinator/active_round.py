@@ -53,6 +53,8 @@ class RoundEvent:
     outcome: RoundOutcome | None = None
     model_version: int | None = None
     reason: str | None = None
+    retired: bool = False
+    """This in-memory round was replaced by one rebuilt from the store: watch again."""
 
 
 @dataclass(eq=False)
@@ -105,6 +107,13 @@ class ActiveRound:
             if secagg_id in self.aggregation.alive
             else None,
         )
+
+    def retire(self) -> None:
+        """Tell every open watch stream that this object no longer leads the round."""
+        event = RoundEvent(round_id=self.round_id, phase=self.phase, retired=True)
+        for queues in self.watchers.values():
+            for queue in queues:
+                queue.put_nowait(event)
 
     def broadcast(self, events: Mapping[int, RoundEvent]) -> None:
         """Queue each secagg id's event for every stream it has open."""

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from coordinator.errors import CoordinatorError, ErrorCode
+from coordinator.errors import BlobError, CoordinatorError, ErrorCode
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "BlobStore", "InputSpool", "fsync_dir", "write_atomically"]
 
@@ -114,8 +114,8 @@ def write_atomically(
     fsync_dir(path.parent)
 
 
-def _os_error(what: str, exc: OSError) -> CoordinatorError:
-    return CoordinatorError(ErrorCode.INTERNAL, f"{what} failed: {exc}")
+def _os_error(what: str, exc: OSError) -> BlobError:
+    return BlobError(ErrorCode.INTERNAL, f"{what} failed: {exc}")
 
 
 def _make_root(root: Path) -> None:

@@ -5,6 +5,8 @@
     CoordinatorError(code)
     ├── StoreError: the database refused or failed (NOT_FOUND, CONFLICT, STALE_ROUND,
     │               WRONG_PHASE, SCHEMA_OUTDATED, STORE_UNAVAILABLE, ...)
+    ├── BlobError:  the blob store or the spool could not read or write (INTERNAL): a full
+    │               or unwritable disk, which may clear
     └── (raised directly with a code by the service, enrollment, PKI and blob store)
 
 Every error carries a message for the operator's log (``str(error)``); what a remote caller
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["CoordinatorError", "ErrorCode", "StoreError"]
+__all__ = ["BlobError", "CoordinatorError", "ErrorCode", "StoreError"]
 
 
 class ErrorCode(enum.StrEnum):
@@ -56,3 +58,7 @@ class CoordinatorError(Exception):
 
 class StoreError(CoordinatorError):
     """The store could not do what was asked; the code says why."""
+
+
+class BlobError(CoordinatorError):
+    """A blob or spool file could not be read or written (the disk, not the request)."""

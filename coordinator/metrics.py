@@ -104,6 +104,20 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.driver_faults = Counter(
+            "fedadamw_round_driver_faults_total",
+            "Store or blob errors that stopped the round driver, by what it was doing "
+            "(open_round, close_phase, commit, abort, restore) and the error kind; each is "
+            "retried with backoff.",
+            ["stage", "kind"],
+            registry=r,
+        )
+        self.driver_stalled = Gauge(
+            "fedadamw_round_driver_stalled",
+            "1 while the round driver cannot make progress (it retries a store or blob "
+            "error), else 0; the health service says NOT_SERVING meanwhile.",
+            registry=r,
+        )
         self.unmask_seconds = Histogram(
             "fedadamw_secagg_unmask_duration_seconds",
             "Time to remove the masks and finish a round's sum.",

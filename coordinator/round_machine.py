@@ -65,7 +65,7 @@ from coordinator.domain import (
     RoundOutcome,
     RoundPhase,
 )
-from coordinator.errors import CoordinatorError, ErrorCode, StoreError
+from coordinator.errors import BlobError, CoordinatorError, ErrorCode, StoreError
 from coordinator.metrics import Metrics
 from coordinator.model_state import ModelState, RoundSums
 from coordinator.round_settings import RoundSettings, plan_round
@@ -83,6 +83,10 @@ from secure_agg import (
 __all__ = ["Assignment", "RetryAfter", "RoundMachine", "UploadProgress"]
 
 log = logging.getLogger(__name__)
+
+FAULT_BACKOFF_BASE = 1.0
+FAULT_BACKOFF_CAP = 30.0
+STORE_FAILURE = "store_failure"  # an ActiveRound.failure prefix: restore, do not abort
 
 CONNECTED_WINDOW = 60.0  # seconds since a client's last call for it to count as connected
 
@@ -163,7 +167,12 @@ class RoundMachine:
         self._housekeeping: asyncio.Task[None] | None = None
         self._finished_training = False
         self._evaluations: set[asyncio.Task[None]] = set()
+        self._stage = "open_round"  # what the driver is doing, for its fault log and metric
         self.idle = asyncio.Event()  # set when the configured rounds are all committed
+        self.on_health: Callable[[bool], None] | None = None
+        """Called with False while the driver retries a fault, True once it recovers."""
+        self.on_fatal: Callable[[BaseException], None] | None = None
+        """Called once if the driver dies of an error it cannot handle (the server exits)."""
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -187,6 +196,7 @@ class RoundMachine:
         if latest.test_loss is None:
             self._schedule_evaluation(latest)
         self._task = asyncio.create_task(self._drive(), name="round-machine")
+        self._task.add_done_callback(self._driver_ended)
         self._housekeeping = asyncio.create_task(self._gauges(), name="round-gauges")
 
     async def stop(self) -> None:
@@ -219,6 +229,8 @@ class RoundMachine:
                 deadline=deadline,
                 now=self.clock(),
             )
+        except StoreError:
+            raise  # the store, not the round: the driver retries
         except (CoordinatorError, SecAggError) as exc:
             log.error("cannot resume round %s: %s; aborting it", round_.round_id, exc)
             await asyncio.to_thread(
@@ -241,24 +253,115 @@ class RoundMachine:
     # --- the driver ---------------------------------------------------------------------
 
     async def _drive(self) -> None:
+        """Run rounds until the configured ones are committed, surviving store and blob faults.
+
+        A store or blob error while the driver opens a round, closes a phase, commits, aborts
+        or restores is logged at ERROR with the round and phase, counted, and retried with
+        capped, jittered backoff; meanwhile ``fedadamw_round_driver_stalled`` is 1 and the
+        health service says NOT_SERVING. Each retry first rebuilds the open round from the
+        store (the in-memory round may be half-changed), so the round resumes with every
+        acknowledged input, or aborts cleanly. Any other error ends the task; ``on_fatal``
+        (the server) then ends the process non-zero so a supervisor restarts it.
+        """
+        faults = 0
+        restore = False
         while True:
-            if self.active is None:
-                latest = await asyncio.to_thread(self.store.latest_version)
-                assert latest is not None
-                if latest.version >= self.config.rounds:
-                    self._finished_training = True
-                    self.idle.set()
-                    self._release_waiters(RetryAfter(300, "training finished"))
-                    log.info("all %d rounds committed; idle", self.config.rounds)
+            try:
+                if restore:
+                    await self._restore_open_round()
+                    restore = False
+                if await self._drive_once():
                     return
-                cohort = await self._select()
-                try:
-                    self.active = await self._open_round(cohort, latest)
-                except CoordinatorError as exc:
-                    log.error("cannot start a round: %s", exc)
-                    await asyncio.sleep(5)
-                    continue
-            await self._run_phase(self.active)
+            except (StoreError, BlobError) as exc:
+                faults += 1
+                restore = True
+                delay = self._fault_backoff(faults)
+                active = self.active
+                log.error(
+                    "round driver: %s while it was to %s (round %s, phase %s): %s; "
+                    "retrying in %.1fs (fault %d)",
+                    type(exc).__name__,
+                    self._stage.replace("_", " "),
+                    active.round_id if active else "none",
+                    active.phase.value if active else "none",
+                    exc,
+                    delay,
+                    faults,
+                )
+                self.metrics.driver_faults.labels(self._stage, exc.code.value).inc()
+                self._set_serving(False)
+                await asyncio.sleep(delay)
+                continue
+            if faults:
+                log.info("round driver: recovered after %d faults", faults)
+                faults = 0
+                self._set_serving(True)
+
+    def _driver_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        assert exc is not None
+        log.error(
+            "round driver died while it was to %s: %r; the coordinator must restart",
+            self._stage.replace("_", " "),
+            exc,
+            exc_info=exc,
+        )
+        self.metrics.driver_faults.labels(self._stage, "fatal").inc()
+        self._set_serving(False)
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
+
+    def _fault_backoff(self, faults: int) -> float:
+        """Seconds before retry ``faults``: full jitter in [cap/2, cap], cap doubling to 30 s."""
+        ceiling = min(FAULT_BACKOFF_CAP, FAULT_BACKOFF_BASE * 2 ** (faults - 1))
+        return self.rng.uniform(ceiling / 2, ceiling)
+
+    def _set_serving(self, serving: bool) -> None:
+        self.metrics.driver_stalled.set(0 if serving else 1)
+        if self.on_health is not None:
+            self.on_health(serving)
+
+    async def _drive_once(self) -> bool:
+        """Open a round if none is open, then run its current phase. True once training is
+        finished."""
+        if self.active is None:
+            self._stage = "open_round"
+            latest = await asyncio.to_thread(self.store.latest_version)
+            assert latest is not None
+            if latest.version >= self.config.rounds:
+                self._finished_training = True
+                self.idle.set()
+                self._release_waiters(RetryAfter(300, "training finished"))
+                log.info("all %d rounds committed; idle", self.config.rounds)
+                return True
+            cohort = await self._select()
+            try:
+                self.active = await self._open_round(cohort, latest)
+            except StoreError:
+                raise
+            except CoordinatorError as exc:
+                log.error("cannot start a round: %s", exc)
+                await asyncio.sleep(5)
+                return False
+        await self._run_phase(self.active)
+        return False
+
+    async def _restore_open_round(self) -> None:
+        """Replace the in-memory round by the one the store holds (after a driver fault).
+
+        Agents watching the old one are told to watch again (UNAVAILABLE, which they retry),
+        and then see the restored round.
+        """
+        self._stage = "restore"
+        old = self.active
+        open_round = await asyncio.to_thread(self.store.open_round)
+        self.active = None
+        if old is not None:
+            old.retire()
+        if open_round is not None:
+            await self._restore(open_round)
 
     async def _select(self) -> list[int]:
         first = None
@@ -369,8 +472,16 @@ class RoundMachine:
                 await asyncio.wait_for(active.ready.wait(), timeout=timeout)
         async with active.lock:
             if active.failure is not None:
+                if active.failure.startswith(STORE_FAILURE):
+                    # Memory holds a message the store lacks: rebuild from the store.
+                    raise StoreError(
+                        ErrorCode.STORE_UNAVAILABLE,
+                        f"an accepted message could not be stored ({active.failure})",
+                    )
+                self._stage = "abort"
                 await self._abort(active, active.failure, {})
                 return
+            self._stage = "close_phase"
             phase = active.phase
             started = time.perf_counter()
             closed: PhaseClosed = await asyncio.to_thread(active.aggregation.close)
@@ -382,6 +493,7 @@ class RoundMachine:
                     await self._name_culprits(active, closed)
                 await self._abort(active, closed.aborted, closed.dropped)
             elif closed.ring_sum is not None:
+                self._stage = "commit"
                 await self._commit(active, closed)
             else:
                 assert closed.next is not None
@@ -729,6 +841,11 @@ class RoundMachine:
             yield first
             while True:
                 event = await queue.get()
+                if event.retired:
+                    raise CoordinatorError(
+                        ErrorCode.STORE_UNAVAILABLE,
+                        f"round {round_id} was rebuilt from the store; watch it again",
+                    )
                 yield event
                 if event.outcome is not None:
                     return
@@ -761,7 +878,7 @@ class RoundMachine:
             try:
                 await asyncio.to_thread(store_record)
             except StoreError as exc:
-                self._fail(active, f"store_failure:{exc.code.value}")
+                self._fail(active, f"{STORE_FAILURE}:{exc.code.value}")
                 raise
             active.update_ready()
 
@@ -784,7 +901,7 @@ class RoundMachine:
                 self.store.drop_participant, active.round_id, participant.secagg_id, reason=reason
             )
         except StoreError as store_exc:
-            self._fail(active, f"store_failure:{store_exc.code.value}")
+            self._fail(active, f"{STORE_FAILURE}:{store_exc.code.value}")
             raise
         active.update_ready()
 
@@ -888,7 +1005,7 @@ class RoundMachine:
             except StoreError as exc:
                 if exc.code is ErrorCode.WRONG_PHASE:
                     raise
-                self._fail(active, f"store_failure:{exc.code.value}")
+                self._fail(active, f"{STORE_FAILURE}:{exc.code.value}")
                 raise
             session_id = getattr(active.aggregation, "session_id", b"")
             try:

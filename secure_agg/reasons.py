@@ -53,7 +53,9 @@ class AbortReason(enum.StrEnum):
 
     Server-side reasons (the round ends without a sum):
 
-    * ``TOO_FEW_CLIENTS``: fewer than t clients are left after a phase.
+    * ``TOO_FEW_CLIENTS``: fewer than t + 1 clients are left after a phase, so some
+      survivor has fewer than t others to rebuild its secrets (the clients count only
+      their neighbours' shares and signatures, never their own).
     * ``TOO_FEW_SHARES``: some mask has fewer than t revealed shares.
     * ``INCONSISTENT_SHARES``: revealed shares disagree, or rebuild a secret that does not
       match its commitment (the advertised masking key, or the signed hash of ``b``).

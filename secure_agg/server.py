@@ -286,7 +286,7 @@ class ServerShareKeys(SessionPhase):
         data = self.data
         self._record_silent(self.responded)
         u2 = frozenset(data.shares) - data.dropouts.keys()
-        if len(u2) < self._session.threshold:
+        if len(u2) - 1 < self._session.threshold:
             return self._abort_with(AbortReason.TOO_FEW_CLIENTS, u2)
         layout = self._session.config.params.layout
         state = ServerMaskedInput(
@@ -398,7 +398,7 @@ class ServerMaskedInput(SessionPhase):
             return self._abort_with(AbortReason.INCOMPLETE_MASKED_INPUT, self.alive)
         u3 = frozenset(data.complete)
         self._record_silent(u3)
-        if len(u3) < self._session.threshold:
+        if len(u3) - 1 < self._session.threshold:
             return self._abort_with(AbortReason.TOO_FEW_CLIENTS, u3 - data.dropouts.keys())
         state = ServerConsistencyCheck(
             ConsistencyCheckData(
@@ -462,7 +462,7 @@ class ServerConsistencyCheck(SessionPhase):
         data = self.data
         self._record_silent(self.responded)
         u4 = frozenset(data.signatures) - data.dropouts.keys()
-        if len(u4) < self._session.threshold:
+        if len(u4) - 1 < self._session.threshold:
             return self._abort_with(AbortReason.TOO_FEW_CLIENTS, u4)
         state = ServerUnmasking(
             UnmaskingData(
@@ -541,7 +541,7 @@ class ServerUnmasking(SessionPhase):
         session = self._session
         self._record_silent(self.responded)
         responders = frozenset(data.responses) - data.dropouts.keys()
-        if len(responders) < session.threshold:
+        if len(responders) - 1 < session.threshold:
             return self._abort_with(AbortReason.TOO_FEW_CLIENTS, responders)
         b_shares: dict[int, dict[int, int]] = {owner: {} for owner in data.u3}
         s_shares: dict[int, dict[int, int]] = {owner: {} for owner in data.u2 - data.u3}

@@ -10,13 +10,15 @@ unchanged). The lies are told to chosen secagg ids; a cohort of n agents gets id
    before sending a share; the coordinator records no share, input, signature or unmask
    response from them and drops them as ``client_aborted:unsafe_threshold``; the four
    others commit.
-2. A split view at the consistency check: agents 3, 4 and 5 are told that agent 6 dropped,
-   agents 1, 2 and 6 that it survived. The liar keeps the signatures over the false list
-   (the round machine would refuse them) and prompts 3, 4 and 5 with every signature that
-   verifies over their view; too few neighbours signed it, and too few signed the true one
-   as well: every agent aborts with ``too_few_signatures``. The coordinator (its store and
-   what the liar captured) never holds a share of agent 6, let alone t b-shares and t
-   s-shares, and the round commits no model.
+2. A split view at the consistency check: agents 4 and 5 are told that agent 6 dropped,
+   agents 1, 2, 3 and 6 that it survived. The liar keeps the signatures over the false list
+   (the round machine would refuse them) and prompts 4 and 5 with every signature that
+   verifies over their view; too few neighbours signed it, so both abort with
+   ``too_few_signatures`` and reveal no s-share of agent 6. The four others unmask with
+   the true list. The coordinator (its store and what the liar captured) holds b-shares of
+   agent 6 but no s-share, never t of both, and the round commits the honest sum. (A split
+   that leaves t or fewer signers of the true list ends sooner: the round machine aborts at
+   the consistency check.)
 3. Overlapping lists: agent 1 is told that agent 4 is both alive and dead. It aborts with
    ``alive_dead_overlap`` and neither signs nor reveals anything; the three others unmask
    the round (agent 1's input included, its self mask removed with their b-shares) and it
@@ -228,11 +230,11 @@ def test_a_lowered_threshold_is_refused_before_any_share(tmp_path: Path) -> None
 
 
 def test_a_split_view_of_the_survivors_unmasks_no_one(tmp_path: Path) -> None:
-    victim, told_dead = 6, {3, 4, 5}
+    victim, told_dead = 6, {4, 5}
     coordinator = LyingCoordinator(
         tmp_path,
         merged(SETTINGS, cohort=6),
-        ["--lie", "split", "--to", "3,4,5", "--about", str(victim)],
+        ["--lie", "split", "--to", "4,5", "--about", str(victim)],
     )
     coordinator.start()
     try:
@@ -263,7 +265,7 @@ def test_a_split_view_of_the_survivors_unmasks_no_one(tmp_path: Path) -> None:
         assert prompt["signers"] == sorted(told_dead)  # every signature valid over their view
     assert {e["secagg_id"] for e in lies} == told_dead
     # the round machine saw only the true view's signatures
-    assert {s.secagg_id for s in signatures} == {1, 2, victim}
+    assert {s.secagg_id for s in signatures} == {1, 2, 3, victim}
     # what the coordinator obtained: shares of the victim in the store, and captured by
     # the liar from the agents told it dropped
     b_shares = sum(1 for r in responses for owner, _ in r.self_mask_shares if owner == victim)
@@ -273,24 +275,23 @@ def test_a_split_view_of_the_survivors_unmasks_no_one(tmp_path: Path) -> None:
             b_shares += e["self_mask_owners"].count(victim)
             s_shares += e["key_owners"].count(victim)
     assert not (b_shares >= t and s_shares >= t)
-    assert (b_shares, s_shares) == (0, 0)
-    assert responses == []
+    assert s_shares == 0  # the agents told "dead" revealed nothing
+    assert b_shares == 3  # agents 1-3, told the truth, revealed 6's b-share as they should
     assert not any(e["event"] == "revealed" for e in lies)
-    # every agent refused at unmasking: too few neighbours signed the list it signed
     for secagg, (participant, agent) in cohort.items():
-        assert _refused(agent, rid, "too_few_signatures"), (secagg, agent.log()[-3000:])
-        assert participant.status is ParticipantStatus.DROPPED
-        if secagg in told_dead:  # never signed, as far as the round machine knows
+        if secagg in told_dead:  # too few neighbours signed the list they were shown
+            assert _refused(agent, rid, "too_few_signatures"), (secagg, agent.log()[-3000:])
+            assert participant.status is ParticipantStatus.DROPPED
             assert participant.dropped_in is RoundPhase.CONSISTENCY_CHECK
-            assert participant.drop_reason == "no_response"
+            assert participant.drop_reason == "no_response"  # as far as the machine knows
         else:
-            assert participant.dropped_in is RoundPhase.UNMASKING
-            assert participant.drop_reason == "client_aborted:too_few_signatures"
-    assert first.outcome is RoundOutcome.ABORTED
-    assert first.abort_reason == "too_few_clients"  # no one answered the unmask prompt
+            assert f"round {rid}: committed" in agent.log()
+    # their inputs were summed before the lie, and the true view unmasks them all
+    assert first.outcome is RoundOutcome.COMMITTED
+    assert first.survivors == 6
     assert phases[-1] is RoundPhase.UNMASKING
     assert latest is not None
-    assert latest.version == 0  # no model committed
+    assert latest.version == 1
 
 
 def test_overlapping_alive_and_dead_lists_reveal_nothing(tmp_path: Path) -> None:

@@ -121,6 +121,17 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="a DNS name or IP agents reach this server by (repeatable; localhost is in)",
     )
+    run.add_argument(
+        "--standby-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=(
+            "while another coordinator leads this data directory or database, wait as a "
+            "standby (no ports, no rounds) at most SECONDS, then exit with code 3; 0: do not "
+            "wait (default: wait forever)"
+        ),
+    )
     # These override the configuration file; what they show is its default.
     d = CoordinatorConfig()
     run.add_argument("--task", default=None, help=f"task name or module:attr (default: {d.task})")
@@ -239,15 +250,18 @@ def _run(args: argparse.Namespace) -> int:
         db_url=args.db,
         insecure=args.insecure,
         server_names=tuple(args.server_name),
+        standby_timeout=args.standby_timeout,
     )
+    if args.standby_timeout is not None and not args.standby_timeout >= 0:
+        raise CoordinatorError(ErrorCode.INVALID_ARGUMENT, "--standby-timeout must be >= 0")
     if args.insecure:
         print(
             "WARNING: --insecure turns TLS off. Anyone who can reach the port can read and "
             "forge traffic. Use it on loopback for development only.",
             file=sys.stderr,
         )
-    asyncio.run(Coordinator(config, options).run_until_signal())
-    return 0
+    # 0, or 3 (--standby-timeout ran out) or 4 (the leader lock was lost): coordinator/leader.py
+    return asyncio.run(Coordinator(config, options).run_until_signal())
 
 
 def _token_create(args: argparse.Namespace) -> int:

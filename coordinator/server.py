@@ -6,17 +6,26 @@ The data directory (mode 0700) holds everything a coordinator keeps::
     DIR/blobs/           model versions, ΔG and v̄, by sha256
     DIR/spool/           masked inputs of the open round, until it ends
     DIR/tls/             the CA and the server certificate (made on first start)
+    DIR/leader.lock      held by the leader (coordinator/leader.py), holder as JSON
 
 Two listeners: ``listen`` serves agents over mutual TLS; ``enroll_listen`` serves only
 enrollment, over server-authenticated TLS, because an agent has no certificate before it
-enrolls (gRPC's TLS cannot ask for a client certificate without requiring one).
+enrolls (gRPC's TLS cannot ask for a client certificate without requiring one). Neither
+uses ``SO_REUSEPORT``: a port another process holds is an error, never shared.
+
+One leader: ``start`` first takes the leader lock of the data directory (and of the
+PostgreSQL database), waiting as a standby while another process holds it, and only then
+opens the store, binds ports and resumes rounds. ``run_until_signal`` ends the process with
+``EXIT_LEADER_LOST`` if the lock is lost while serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,15 +37,16 @@ from coordinator.blobs import BlobStore, InputSpool
 from coordinator.config import CoordinatorConfig
 from coordinator.datadir import open_store, prepare_data_dir
 from coordinator.errors import CoordinatorError, ErrorCode
+from coordinator.leader import EXIT_LEADER_LOST, LeaderLock, LeadershipError
 from coordinator.metrics import Metrics
 from coordinator.model_state import ModelState
 from coordinator.pki import CertificateAuthority
 from coordinator.round_machine import RoundMachine
 from coordinator.service import EdgeService, add_to_server
 from coordinator.store import Store
-from fedadamw.algorithms import get_algorithm
+from fedadamw.algorithms import Algorithm, get_algorithm
 from fedadamw.errors import FedAdamWError
-from fedadamw.tasks import load_task
+from fedadamw.tasks import Task, load_task
 
 __all__ = ["Coordinator", "ServeOptions"]
 
@@ -55,6 +65,27 @@ class ServeOptions:
     db_url: str | None = None
     insecure: bool = False
     server_names: tuple[str, ...] = ()
+    standby_timeout: float | None = None  # seconds to wait as a standby; None: forever
+
+
+def _bind(add_port: Callable[..., int], address: str, *credentials: object) -> int:
+    """``add_port(address, ...)``; a clear error if the address cannot be bound."""
+    try:
+        return add_port(address, *credentials)
+    except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
+        raise CoordinatorError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"cannot listen on {address}: the port is in use by another process, or the "
+            "address is not one of this host's",
+        ) from exc
+
+
+async def _bounded(stopping: Awaitable[None], *, timeout: float) -> None:
+    """Await ``stopping``, giving up (logged) after ``timeout`` seconds."""
+    try:
+        await asyncio.wait_for(stopping, timeout)
+    except TimeoutError:
+        log.error("stopping did not finish within %g s; exiting anyway", timeout)
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -74,16 +105,33 @@ class Coordinator:
         self.store: Store | None = None
         self.server: grpc.aio.Server | None = None
         self.machine: RoundMachine | None = None
+        self.leader: LeaderLock | None = None
         self.ports: dict[str, int] = {}
+        self._loaded: tuple[Task, Algorithm] | None = None
+
+    def _task_and_algorithm(self) -> tuple[Task, Algorithm]:
+        """The configured task and algorithm (``INVALID_ARGUMENT`` if unknown)."""
+        if self._loaded is None:
+            try:
+                self._loaded = load_task(self.config.task), get_algorithm(self.config.algorithm)
+            except FedAdamWError as exc:
+                raise CoordinatorError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
+        return self._loaded
+
+    async def become_leader(self) -> None:
+        """Return once this process holds the leader lock, waiting as a standby meanwhile.
+
+        Raises ``StandbyTimeoutError`` after ``options.standby_timeout`` seconds.
+        """
+        if self.leader is None:
+            self.leader = LeaderLock(prepare_data_dir(self.options.data_dir), self.options.db_url)
+        await self.leader.acquire(timeout=self.options.standby_timeout)
 
     async def start(self) -> None:
         options, config = self.options, self.config
         data_dir = prepare_data_dir(options.data_dir)
-        try:
-            task = load_task(config.task)
-            algorithm = get_algorithm(config.algorithm)
-        except FedAdamWError as exc:
-            raise CoordinatorError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
+        task, algorithm = self._task_and_algorithm()
+        await self.become_leader()  # before the store, the directory's files and the ports
         self.store = await asyncio.to_thread(open_store, data_dir, options.db_url, create=True)
         blobs = BlobStore(data_dir / "blobs")
         await asyncio.to_thread(blobs.sweep_temporary)
@@ -108,7 +156,6 @@ class Coordinator:
             config=config,
             metrics=self.metrics,
         )
-        await self.machine.start()
         limit = config.limits.chunk_elements * 8 + (1 << 16)
         self.server = grpc.aio.server(
             options=[
@@ -119,6 +166,8 @@ class Coordinator:
                 # grows to megabytes that gRPC reads ahead of the service, per client.
                 ("grpc.http2.bdp_probe", 0),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                # A port another process holds is an error, never shared between processes.
+                ("grpc.so_reuseport", 0),
             ]
         )
         service = EdgeService(
@@ -145,8 +194,8 @@ class Coordinator:
                 "RUNNING WITHOUT TLS (--insecure): anyone on the network can read and forge "
                 "traffic and claim any client id. Use this on loopback for development only."
             )
-            self.ports["listen"] = self.server.add_insecure_port(options.listen)
-            self.ports["enroll"] = self.server.add_insecure_port(enroll)
+            self.ports["listen"] = _bind(self.server.add_insecure_port, options.listen)
+            self.ports["enroll"] = _bind(self.server.add_insecure_port, enroll)
         else:
             mutual = grpc.ssl_server_credentials(
                 [(ca.server_key_pem, ca.server_certificate_pem)],
@@ -156,8 +205,10 @@ class Coordinator:
             server_only = grpc.ssl_server_credentials(
                 [(ca.server_key_pem, ca.server_certificate_pem)]
             )
-            self.ports["listen"] = self.server.add_secure_port(options.listen, mutual)
-            self.ports["enroll"] = self.server.add_secure_port(enroll, server_only)
+            self.ports["listen"] = _bind(self.server.add_secure_port, options.listen, mutual)
+            self.ports["enroll"] = _bind(self.server.add_secure_port, enroll, server_only)
+        # The ports are bound (not yet served): resume or start rounds, then serve.
+        await self.machine.start()
         await self.server.start()
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -175,23 +226,67 @@ class Coordinator:
         )
 
     async def stop(self, grace: float = 5.0) -> None:
-        if self.server is not None:
-            await self.server.stop(grace)
-        if self.machine is not None:
-            await self.machine.stop()
-        self.metrics.close()
-        if self.store is not None:
-            self.store.close()
+        try:
+            if self.server is not None:
+                await self.server.stop(grace)
+            if self.machine is not None:
+                await self.machine.stop()
+            self.metrics.close()
+            if self.store is not None:
+                self.store.close()
+        finally:
+            if self.leader is not None:
+                await self.leader.release()
 
-    async def run_until_signal(self) -> None:
-        """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    async def run_until_signal(self) -> int:
+        """Serve until SIGTERM or SIGINT, then stop gracefully; the process's exit code.
+
+        While another process leads, wait as a standby (a signal ends the wait: 0). Returns
+        ``StandbyTimeoutError.exit_code`` (3) if ``standby_timeout`` runs out, and
+        ``EXIT_LEADER_LOST`` (4) after stopping if the leader lock is lost while serving.
+        """
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
+        self._task_and_algorithm()  # a bad --task fails now, not after waiting as a standby
+        stopping = asyncio.ensure_future(stop.wait())
         try:
-            await stop.wait()
-            log.info("stopping")
+            waiting = asyncio.ensure_future(self.become_leader())
+            await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiting
+                log.info("stopped while waiting as a standby")
+                return 0
+            try:
+                waiting.result()
+            except LeadershipError as exc:
+                log.error("%s", exc)
+                return exc.exit_code
+            assert self.leader is not None
+            lost = asyncio.ensure_future(self.leader.lost.wait())
+            leader_lost = False
+            try:
+                await self.start()
+                await asyncio.wait({stopping, lost}, return_when=asyncio.FIRST_COMPLETED)
+                leader_lost = self.leader.lost.is_set()
+                if leader_lost:
+                    log.error(
+                        "stopping at once, exit code %d: this process is no longer the leader "
+                        "(%s); its supervisor should start it again",
+                        EXIT_LEADER_LOST,
+                        self.leader.lost_reason,
+                    )
+                    return EXIT_LEADER_LOST
+                log.info("stopping")
+                return 0
+            finally:
+                lost.cancel()
+                if leader_lost:  # another process may lead already: no grace
+                    await _bounded(self.stop(grace=0), timeout=15)
+                else:
+                    await self.stop()
         finally:
-            await self.stop()
+            stopping.cancel()

@@ -169,6 +169,7 @@ class RoundMachine:
         self._evaluations: set[asyncio.Task[None]] = set()
         self._stage = "open_round"  # what the driver is doing, for its fault log and metric
         self.idle = asyncio.Event()  # set when the configured rounds are all committed
+        self.serving = True  # False while the driver retries a fault
         self.on_health: Callable[[bool], None] | None = None
         """Called with False while the driver retries a fault, True once it recovers."""
         self.on_fatal: Callable[[BaseException], None] | None = None
@@ -319,6 +320,7 @@ class RoundMachine:
         return self.rng.uniform(ceiling / 2, ceiling)
 
     def _set_serving(self, serving: bool) -> None:
+        self.serving = serving
         self.metrics.driver_stalled.set(0 if serving else 1)
         if self.on_health is not None:
             self.on_health(serving)

@@ -16,7 +16,9 @@ uses ``SO_REUSEPORT``: a port another process holds is an error, never shared.
 One leader: ``start`` first takes the leader lock of the data directory (and of the
 PostgreSQL database), waiting as a standby while another process holds it, and only then
 opens the store, binds ports and resumes rounds. ``run_until_signal`` ends the process with
-``EXIT_LEADER_LOST`` if the lock is lost while serving.
+``EXIT_LEADER_LOST`` if the lock is lost while serving, and with ``EXIT_DRIVER_DIED`` if the
+round driver dies of an error it cannot handle. While the driver retries a store or blob
+fault, the health service answers NOT_SERVING.
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ from fedadamw.algorithms import Algorithm, get_algorithm
 from fedadamw.errors import FedAdamWError
 from fedadamw.tasks import Task, load_task
 
-__all__ = ["Coordinator", "ServeOptions"]
+__all__ = ["EXIT_DRIVER_DIED", "Coordinator", "ServeOptions"]
+
+EXIT_DRIVER_DIED = 5
+"""The exit code when the round driver dies of an error it cannot handle."""
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +112,8 @@ class Coordinator:
         self.machine: RoundMachine | None = None
         self.leader: LeaderLock | None = None
         self.ports: dict[str, int] = {}
+        self.driver_died = asyncio.Event()  # the round driver hit an error it cannot handle
+        self._tasks: set[asyncio.Task[None]] = set()
         self._loaded: tuple[Task, Algorithm] | None = None
 
     def _task_and_algorithm(self) -> tuple[Task, Algorithm]:
@@ -207,11 +214,25 @@ class Coordinator:
             )
             self.ports["listen"] = _bind(self.server.add_secure_port, options.listen, mutual)
             self.ports["enroll"] = _bind(self.server.add_secure_port, enroll, server_only)
+        machine = self.machine
+
+        async def publish_health() -> None:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if machine.serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in (SERVICE_NAME, ""):
+                await health_servicer.set(name, status)
+
+        loop = asyncio.get_running_loop()
+        # While the driver retries a fault it makes no progress: say so on the health service.
+        machine.on_health = lambda _serving: self._keep(loop.create_task(publish_health()))
+        machine.on_fatal = lambda _exc: self.driver_died.set()
         # The ports are bound (not yet served): resume or start rounds, then serve.
-        await self.machine.start()
+        await machine.start()
         await self.server.start()
-        await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        await publish_health()
         if options.metrics_port is not None:
             self.ports["metrics"] = self.metrics.serve(options.metrics_port, options.metrics_host)
         log.info(
@@ -224,6 +245,11 @@ class Coordinator:
             self.ports["enroll"],
             f", metrics on :{self.ports['metrics']}/metrics" if "metrics" in self.ports else "",
         )
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        """Hold a reference to a fire-and-forget task until it is done."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def stop(self, grace: float = 5.0) -> None:
         try:
@@ -267,11 +293,19 @@ class Coordinator:
                 return exc.exit_code
             assert self.leader is not None
             lost = asyncio.ensure_future(self.leader.lost.wait())
+            died = asyncio.ensure_future(self.driver_died.wait())
             leader_lost = False
             try:
                 await self.start()
-                await asyncio.wait({stopping, lost}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({stopping, lost, died}, return_when=asyncio.FIRST_COMPLETED)
                 leader_lost = self.leader.lost.is_set()
+                if self.driver_died.is_set() and not leader_lost:
+                    log.error(
+                        "stopping, exit code %d: the round driver died (logged above); "
+                        "its supervisor should start the coordinator again",
+                        EXIT_DRIVER_DIED,
+                    )
+                    return EXIT_DRIVER_DIED
                 if leader_lost:
                     log.error(
                         "stopping at once, exit code %d: this process is no longer the leader "
@@ -284,6 +318,7 @@ class Coordinator:
                 return 0
             finally:
                 lost.cancel()
+                died.cancel()
                 if leader_lost:  # another process may lead already: no grace
                     await _bounded(self.stop(grace=0), timeout=15)
                 else:

@@ -1,0 +1,269 @@
+"""PostgreSQL goes away in the middle of a round and comes back: nothing acknowledged is lost.
+
+The coordinator reaches PostgreSQL through a TCP relay on loopback that the test can cut
+(open connections are reset and new ones refused) and restore, which is what a database
+restart or a network fault looks like from the coordinator. The relay is cut while the
+agents send their unmask shares, across the phase's close.
+
+* When only the store's connections die (the leader lock's session survives), the driver
+  says so (ERROR log, the stalled gauge, NOT_SERVING), retries with backoff without
+  exiting, and once the database is back resumes the round from what it had stored.
+* When every connection dies, the leader lock's too, the coordinator can no longer prove it
+  leads: it exits 4 for its supervisor, and the test, as the supervisor, starts it again
+  once the database is back; the round resumes.
+
+Either way the round commits the exact mean of every input and the next round commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2
+
+from coordinator.blobs import BlobStore
+from coordinator.domain import ParticipantStatus, RoundPhase
+from edge_client.session import Outcome, RoundSession
+from fedadamw.v1 import edge_pb2 as pb
+
+from .harness import (
+    FAST,
+    PG_URL,
+    Coordinator,
+    TestAgent,
+    drop_postgres_schema,
+    merged,
+    postgres_url_for_schema,
+)
+from .test_crash import _gated, _store, _wait_durable
+from .test_driver_faults import _health, _metric, _until
+from .test_dropouts import Known
+
+SETTINGS = merged(
+    FAST,
+    rounds=2,
+    cohort=3,
+    min_clients=3,
+    deadlines={
+        "advertise_keys": 60,
+        "share_keys": 60,
+        "masked_input": 60,
+        "consistency_check": 60,
+        "unmasking": 60,
+        "restart_grace": 30,
+    },
+)
+
+
+class Relay:
+    """Forwards loopback TCP connections on ``port`` to ``target``; ``cut`` and ``restore``."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._lock = threading.Lock()
+        self._open: list[tuple[socket.socket, socket.socket]] = []
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self, *, spare_first: bool = False) -> None:
+        """Refuse new connections and reset the open ones (all but the first, if asked:
+        the coordinator's first connection is the one that holds its leader lock)."""
+        assert self._listener is not None
+        self._listener.close()
+        self._listener = None
+        with self._lock:
+            spared = self._open[:1] if spare_first else []
+            for pair in self._open[len(spared) :]:
+                for conn in pair:
+                    with contextlib.suppress(OSError):
+                        conn.shutdown(socket.SHUT_RDWR)
+                    conn.close()
+            self._open = spared
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._open.append((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for conn in (source, sink):
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+
+    @property
+    def is_cut(self) -> bool:
+        return self._listener is None
+
+    def close(self) -> None:
+        if not self.is_cut:
+            self.cut()
+
+
+@pytest.fixture
+def relayed_postgres() -> Iterator[tuple[str, Relay]]:
+    schema = f"outage_{uuid.uuid4().hex[:10]}"
+    try:
+        url = postgres_url_for_schema(schema)
+    except Exception as exc:  # psycopg raises OperationalError subclasses
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required in CI and cannot be reached: {exc}")
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 cannot be reached: {exc}")
+    relay = Relay(("127.0.0.1", 5432))
+    assert "127.0.0.1:5432" in PG_URL
+    yield url.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}"), relay
+    relay.close()
+    drop_postgres_schema(schema)
+
+
+def _scenario(
+    tmp_path: Path, url: str, relay: Relay, *, whole_database: bool
+) -> tuple[Coordinator, list[Known]]:
+    coordinator = Coordinator(tmp_path, SETTINGS, db_url=url)
+    coordinator.start()
+    try:
+
+        async def scenario() -> list[Known]:
+            agents = await TestAgent.many(coordinator, tmp_path, 3)
+            gates = {pb.PHASE_UNMASKING: asyncio.Event()}
+            updates = [Known(i) for i in range(3)]
+            try:
+                assignments = await asyncio.gather(*(a.assignment() for a in agents))
+                runs = [
+                    asyncio.ensure_future(a.session(assignment, u, _gated(gates)).run())
+                    for a, assignment, u in zip(agents, assignments, updates, strict=True)
+                ]
+                ids = {a.credentials.client_id for a in agents}
+                await asyncio.to_thread(
+                    _wait_durable, coordinator, RoundPhase.UNMASKING, ParticipantStatus.SIGNED, ids
+                )
+                relay.cut(spare_first=not whole_database)
+                gates[pb.PHASE_UNMASKING].set()
+                if whole_database:
+                    await asyncio.to_thread(_lost_its_lock_and_exited, coordinator)
+                    relay.restore()
+                    await asyncio.to_thread(coordinator.start)  # as its supervisor would
+                else:
+                    await asyncio.to_thread(_stalled_loudly_then_recovers, coordinator, relay)
+                results = await asyncio.gather(*runs)
+                assert [r.outcome for r in results] == [Outcome.COMMITTED] * 3, results
+                assert _metric(coordinator, "fedadamw_round_driver_stalled") == 0
+                assert await asyncio.to_thread(_health, coordinator) == (
+                    health_pb2.HealthCheckResponse.SERVING
+                )
+                again = await asyncio.gather(
+                    *(a.run_round(Known(10 + i), RoundSession) for i, a in enumerate(agents))
+                )
+                assert [r.outcome for r in again] == [Outcome.COMMITTED] * 3, again
+            finally:
+                for a in agents:
+                    await a.close()
+            return updates
+
+        return coordinator, asyncio.run(scenario())
+    finally:
+        if relay.is_cut:
+            relay.restore()
+        coordinator.stop()
+
+
+def _stalled_loudly_then_recovers(coordinator: Coordinator, relay: Relay) -> None:
+    def stalled() -> bool:
+        return _metric(coordinator, "fedadamw_round_driver_stalled") == 1
+
+    _until(stalled, "a stalled driver", coordinator)
+    assert _health(coordinator) == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert "round driver: StoreError" in coordinator.log()
+    time.sleep(3)  # across retries: still stalled, and not a hot loop
+    faults = _metric(coordinator, "fedadamw_round_driver_faults_total")
+    assert 1 <= faults <= 6, faults
+    assert coordinator.process is not None
+    assert coordinator.process.poll() is None  # it waits; it does not exit
+    relay.restore()
+
+
+def _lost_its_lock_and_exited(coordinator: Coordinator) -> None:
+    assert coordinator.process is not None
+    code = coordinator.process.wait(timeout=60)
+    assert code == 4, coordinator.log()[-3000:]
+    assert "no longer the leader" in coordinator.log()
+
+
+def _check_committed(coordinator: Coordinator, updates: list[Known]) -> None:
+    store = _store(coordinator)
+    blobs = BlobStore(coordinator.data_dir / "blobs")
+    try:
+        versions = store.list_versions()
+        assert [v.version for v in versions] == [0, 1, 2]
+        x0, x1 = (blobs.read_array(v.model_sha256, "<f4").astype(np.float64) for v in versions[:2])
+        rounds = store.list_rounds()
+        assert [r.outcome.value for r in rounds] == ["committed", "committed"]
+        assert rounds[0].survivors == 3
+    finally:
+        store.close()
+    np.testing.assert_allclose(
+        x1, x0 + np.mean([u.sent["delta"] for u in updates], axis=0), atol=2e-6
+    )
+
+
+def test_store_connections_lost_across_a_phase_close_stall_loudly_then_resume(
+    tmp_path: Path, relayed_postgres: tuple[str, Relay]
+) -> None:
+    """The store's connections die and new ones are refused; the leader lock's session
+    survives (a pooler restart, a network blip towards the database)."""
+    url, relay = relayed_postgres
+    coordinator, updates = _scenario(tmp_path, url, relay, whole_database=False)
+    assert "round driver: recovered after" in coordinator.log()
+    _check_committed(coordinator, updates)
+
+
+def test_postgres_down_across_a_phase_close_the_leader_exits_and_its_restart_resumes(
+    tmp_path: Path, relayed_postgres: tuple[str, Relay]
+) -> None:
+    """Every connection dies, the leader lock's too: the coordinator can no longer prove it
+    leads, so it exits 4 for its supervisor; restarted once the database is back, it resumes
+    the round with every acknowledged input."""
+    url, relay = relayed_postgres
+    coordinator, updates = _scenario(tmp_path, url, relay, whole_database=True)
+    assert coordinator.starts == 2
+    assert "resumed round 0" in coordinator.log()
+    _check_committed(coordinator, updates)

@@ -364,7 +364,7 @@ class _PostgresLock:
                     ),
                     self._halves(),
                 ).scalar_one()
-        except Exception as error:
+        except (StoreError, exc.SQLAlchemyError, OSError) as error:
             return f"the database session holding the lock ended: {error}"
         return None if held else "the database session no longer holds the advisory lock"
 
@@ -373,20 +373,22 @@ class _PostgresLock:
         self.disconnect()
         try:
             return self.try_acquire()
-        except Exception as error:
-            log.debug("could not take the leader lock again: %s", error)
+        except (StoreError, exc.SQLAlchemyError, OSError) as error:
+            log.warning("could not take the leader lock again: %s", error)
             self.disconnect()
             return False
 
     def disconnect(self) -> None:
         connection, self._connection, self.held = self._connection, None, False
         if connection is not None:
-            with contextlib.suppress(Exception):
+            # Closing a connection whose session already died fails; that is the point.
+            with contextlib.suppress(exc.SQLAlchemyError, OSError):
                 connection.close()
 
     def release(self) -> None:
         if self._connection is not None and self.held:
-            with contextlib.suppress(Exception):
+            # A dead session released the lock already; closing below ends it anyway.
+            with contextlib.suppress(exc.SQLAlchemyError, OSError):
                 self._connection.execute(text("SELECT pg_advisory_unlock(:key)"), self._halves())
         self.disconnect()
         self._engine.dispose()

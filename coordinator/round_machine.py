@@ -230,8 +230,8 @@ class RoundMachine:
                 deadline=deadline,
                 now=self.clock(),
             )
-        except StoreError:
-            raise  # the store, not the round: the driver retries
+        except (StoreError, BlobError):
+            raise  # the store or the disk, not the round: the driver retries
         except (CoordinatorError, SecAggError) as exc:
             log.error("cannot resume round %s: %s; aborting it", round_.round_id, exc)
             await asyncio.to_thread(

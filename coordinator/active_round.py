@@ -75,6 +75,7 @@ class ActiveRound:
     failure: str | None = None  # set when the round must abort (e.g. a store failure)
     upload_locks: dict[int, asyncio.Lock] = field(default_factory=dict)
     finished: RoundEvent | None = None  # how the round ended, once it has
+    retired: bool = False  # replaced (or being replaced) by a round rebuilt from the store
 
     @property
     def round_id(self) -> str:
@@ -109,7 +110,9 @@ class ActiveRound:
         )
 
     def retire(self) -> None:
-        """Tell every open watch stream that this object no longer leads the round."""
+        """Refuse further work on this object and tell every open watch stream to watch
+        again: it no longer leads the round."""
+        self.retired = True
         event = RoundEvent(round_id=self.round_id, phase=self.phase, retired=True)
         for queues in self.watchers.values():
             for queue in queues:

@@ -131,6 +131,23 @@ def _check_reached(active: ActiveRound, seen: RoundPhase | None) -> None:
         )
 
 
+def _check_not_retired(active: ActiveRound) -> None:
+    if active.retired:
+        raise CoordinatorError(
+            ErrorCode.STORE_UNAVAILABLE,
+            f"round {active.round_id} is being rebuilt from the store; retry",
+        )
+
+
+def _check_same(held: ActiveRound, current: ActiveRound) -> None:
+    """The round whose lock a call waited for must still be the open one."""
+    if current is not held:
+        raise CoordinatorError(
+            ErrorCode.STORE_UNAVAILABLE,
+            f"round {held.round_id} was rebuilt from the store while this call waited; retry",
+        )
+
+
 def _protocol_error(exc: SecAggError) -> CoordinatorError:
     return CoordinatorError(ErrorCode.PROTOCOL_VIOLATION, f"{exc}")
 
@@ -239,6 +256,7 @@ class RoundMachine:
             )
             await asyncio.to_thread(self.spool.remove_round, round_.round_id)
             self.metrics.rounds.labels(RoundOutcome.ABORTED.value).inc()
+            self.active = None
             return
         self.metrics.set_phase(round_.phase)
         self.metrics.cohort.set(len(participants))
@@ -353,16 +371,25 @@ class RoundMachine:
     async def _restore_open_round(self) -> None:
         """Replace the in-memory round by the one the store holds (after a driver fault).
 
-        Agents watching the old one are told to watch again (UNAVAILABLE, which they retry),
-        and then see the restored round.
+        The old round is retired first: every call on it gets UNAVAILABLE (agents retry),
+        and its watchers are told to watch again. Holding its lock lets a message being
+        stored finish first, so the replay sees everything that was acknowledged. Until the
+        replay succeeds the retired round stays in place, refusing work.
         """
         self._stage = "restore"
         old = self.active
+        if old is None:
+            await self._replace_active()
+            return
+        old.retire()
+        async with old.lock:
+            await self._replace_active()
+
+    async def _replace_active(self) -> None:
         open_round = await asyncio.to_thread(self.store.open_round)
-        self.active = None
-        if old is not None:
-            old.retire()
-        if open_round is not None:
+        if open_round is None:
+            self.active = None
+        else:
             await self._restore(open_round)
 
     async def _select(self) -> list[int]:
@@ -763,6 +790,7 @@ class RoundMachine:
                 f"round {round_id} is not the open round "
                 f"({active.round_id if active else 'none is open'})",
             )
+        _check_not_retired(active)
         participant = active.participants.get(client_id)
         if participant is None:
             raise CoordinatorError(
@@ -821,6 +849,7 @@ class RoundMachine:
                 reason=round_.abort_reason,
             )
             return
+        _check_not_retired(active)
         member = active.participants.get(client_id)
         if member is None:
             raise CoordinatorError(
@@ -869,7 +898,8 @@ class RoundMachine:
         """
         active, participant = self._require(client_id, round_id, phase)
         async with active.lock:
-            active, participant = self._require(client_id, round_id, phase)
+            current, participant = self._require(client_id, round_id, phase)
+            _check_same(active, current)
             message, store_record = build(active, participant)
             try:
                 active.aggregation.receive(message)
@@ -1001,7 +1031,10 @@ class RoundMachine:
             secagg = participant.secagg_id
             if secagg in active.complete:
                 return
-            self._require(participant.client_id, active.round_id, RoundPhase.MASKED_INPUT)
+            current, _ = self._require(
+                participant.client_id, active.round_id, RoundPhase.MASKED_INPUT
+            )
+            _check_same(active, current)
             try:
                 await asyncio.to_thread(self.store.mark_input_complete, active.round_id, secagg)
             except StoreError as exc:

@@ -333,7 +333,8 @@ class RoundMachine:
             self.on_fatal(exc)
 
     def _fault_backoff(self, faults: int) -> float:
-        """Seconds before retry ``faults``: full jitter in [cap/2, cap], cap doubling to 30 s."""
+        """Seconds before retry ``faults``: uniform in [cap/2, cap], the cap doubling from 1 s
+        to 30 s, so retries never come in a burst nor all at once."""
         ceiling = min(FAULT_BACKOFF_CAP, FAULT_BACKOFF_BASE * 2 ** (faults - 1))
         return self.rng.uniform(ceiling / 2, ceiling)
 
@@ -359,7 +360,7 @@ class RoundMachine:
             cohort = await self._select()
             try:
                 self.active = await self._open_round(cohort, latest)
-            except StoreError:
+            except (StoreError, BlobError):
                 raise
             except CoordinatorError as exc:
                 log.error("cannot start a round: %s", exc)

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from coordinator.domain import RoundPhase
+from coordinator.domain import NEXT_PHASE, PHASE_ORDER, RoundPhase
+from coordinator.reasons import Dropped, RoundAbortReason
 from secure_agg import (
     ClientAbort,
     ClientMessage,
@@ -43,13 +44,7 @@ from secure_agg.server_state import Dropout
 
 __all__ = ["Aggregation", "PhaseClosed", "PlainAggregation", "SecureAggregation"]
 
-_SECAGG_PHASE = {
-    0: RoundPhase.ADVERTISE_KEYS,
-    1: RoundPhase.SHARE_KEYS,
-    2: RoundPhase.MASKED_INPUT,
-    3: RoundPhase.CONSISTENCY_CHECK,
-    4: RoundPhase.UNMASKING,
-}
+_SECAGG_PHASE = dict(enumerate(PHASE_ORDER))  # secure_agg numbers the same phases from 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,15 +54,15 @@ class PhaseClosed:
     Exactly one of: ``next`` (the following phase; ``messages`` open it, one per secagg
     id), ``ring_sum`` (the round completed: the survivors' summed vector), or ``aborted``
     (why the round ended without a sum). ``dropped`` names the clients the closed phase
-    dropped, with a reason label.
+    dropped, and why.
     """
 
     next: Aggregation | None = None
     messages: Mapping[int, ServerMessage] = field(default_factory=dict)
     ring_sum: np.ndarray | None = None
     survivors: tuple[int, ...] = ()
-    aborted: str | None = None
-    dropped: Mapping[int, str] = field(default_factory=dict)
+    aborted: RoundAbortReason | None = None
+    dropped: Mapping[int, Dropped] = field(default_factory=dict)
     culprits: frozenset[int] = frozenset()
     """Secagg ids proven to have caused the abort (forged shares), where known."""
 
@@ -94,6 +89,10 @@ class Aggregation(abc.ABC):
         """Record one message. Raises ``SecAggError`` for a bad one and changes nothing."""
 
     @abc.abstractmethod
+    def drop(self, secagg_id: int, reason: DropReason) -> ReceiveOutcome:
+        """Count a participant as dropped (replaying a drop the store recorded)."""
+
+    @abc.abstractmethod
     def close(self) -> PhaseClosed:
         """End the phase."""
 
@@ -106,10 +105,8 @@ def _unexpected(message: str) -> SecAggError:
     return SecAggError(SecAggCode.UNEXPECTED_MESSAGE, message)
 
 
-def _label(dropout: Dropout) -> str:
-    if dropout.client_reason is not None:
-        return f"{dropout.reason.value}:{dropout.client_reason.value}"
-    return dropout.reason.value
+def _dropped(dropout: Dropout) -> Dropped:
+    return Dropped(dropout.reason, dropout.client_reason)
 
 
 class SecureAggregation(Aggregation):
@@ -162,7 +159,7 @@ class SecureAggregation(Aggregation):
         step = self._state.close()
         state = step.state
         after = state.dropouts if hasattr(state, "dropouts") else {}
-        dropped = {i: _label(d) for i, d in after.items() if i not in before}
+        dropped = {i: _dropped(d) for i, d in after.items() if i not in before}
         if isinstance(state, ServerCompleted):
             return PhaseClosed(
                 ring_sum=state.result.ring_sum,
@@ -170,7 +167,11 @@ class SecureAggregation(Aggregation):
                 dropped=dropped,
             )
         if isinstance(state, ServerAborted):
-            return PhaseClosed(aborted=state.reason.value, dropped=dropped, culprits=state.culprits)
+            return PhaseClosed(
+                aborted=RoundAbortReason.from_secagg(state.reason),
+                dropped=dropped,
+                culprits=state.culprits,
+            )
         assert isinstance(state, ServerPhase)
         return PhaseClosed(next=SecureAggregation(state), messages=step.messages, dropped=dropped)
 
@@ -235,9 +236,13 @@ class PlainAggregation(Aggregation):
             return ReceiveOutcome.INPUT_COMPLETE
         return ReceiveOutcome.ACCEPTED
 
+    def drop(self, secagg_id: int, reason: DropReason) -> ReceiveOutcome:
+        self._alive.discard(secagg_id)
+        return ReceiveOutcome.ACCEPTED
+
     def close(self) -> PhaseClosed:
         if self._phase is RoundPhase.MASKED_INPUT:
-            dropped = dict.fromkeys(self._alive - self._complete, "no_response")
+            dropped = dict.fromkeys(self._alive - self._complete, Dropped(DropReason.NO_RESPONSE))
             self._alive &= self._complete
         else:
             dropped = {}
@@ -245,6 +250,5 @@ class PlainAggregation(Aggregation):
             return PhaseClosed(
                 ring_sum=self._sum, survivors=tuple(sorted(self._alive)), dropped=dropped
             )
-        order = list(_SECAGG_PHASE.values())
-        self._phase = order[order.index(self._phase) + 1]
+        self._phase = NEXT_PHASE[self._phase]
         return PhaseClosed(next=self, dropped=dropped)

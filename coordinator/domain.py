@@ -4,7 +4,9 @@ Times are timezone-aware UTC ``datetime``s. Client ids are the enrolled ids the
 coordinator assigns (positive integers); ``secagg_id`` is a client's id within one round's
 secure aggregation (1..n, the Shamir x-coordinate).
 
-A round moves through its phases by the transition table in ``coordinator.transitions``::
+A round moves through its phases in the order of ``PHASE_ORDER``, the one table that every
+other phase order (the transitions, the phase numbers of the metrics, the deadlines, replay)
+derives from::
 
     ADVERTISE_KEYS → SHARE_KEYS → MASKED_INPUT → CONSISTENCY_CHECK → UNMASKING → COMMITTED
     (any open phase) → ABORTED
@@ -16,8 +18,12 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import numpy as np
+
 __all__ = [
+    "NEXT_PHASE",
     "OPEN_PHASES",
+    "PHASE_ORDER",
     "AddResult",
     "AdvertisedKeysRecord",
     "AuditEvent",
@@ -32,8 +38,10 @@ __all__ = [
     "Round",
     "RoundOutcome",
     "RoundPhase",
+    "RoundSums",
     "ShareRecord",
     "UnmaskRecord",
+    "phase_rank",
 ]
 
 
@@ -47,15 +55,26 @@ class RoundPhase(enum.StrEnum):
     ABORTED = "aborted"
 
 
-OPEN_PHASES = frozenset(
-    {
-        RoundPhase.ADVERTISE_KEYS,
-        RoundPhase.SHARE_KEYS,
-        RoundPhase.MASKED_INPUT,
-        RoundPhase.CONSISTENCY_CHECK,
-        RoundPhase.UNMASKING,
-    }
+PHASE_ORDER: tuple[RoundPhase, ...] = (
+    RoundPhase.ADVERTISE_KEYS,
+    RoundPhase.SHARE_KEYS,
+    RoundPhase.MASKED_INPUT,
+    RoundPhase.CONSISTENCY_CHECK,
+    RoundPhase.UNMASKING,
 )
+"""The open phases in the order a round goes through them."""
+
+OPEN_PHASES = frozenset(PHASE_ORDER)
+
+NEXT_PHASE: dict[RoundPhase, RoundPhase] = dict(
+    zip(PHASE_ORDER, (*PHASE_ORDER[1:], RoundPhase.COMMITTED), strict=True)
+)
+"""The phase each open phase leads to when it closes without an abort."""
+
+
+def phase_rank(phase: RoundPhase) -> int:
+    """A phase's place in ``PHASE_ORDER``; both ends rank last, after UNMASKING."""
+    return PHASE_ORDER.index(phase) if phase in OPEN_PHASES else len(PHASE_ORDER)
 
 
 class RoundOutcome(enum.StrEnum):
@@ -251,3 +270,16 @@ class AuditEvent:
     action: str
     detail: str = ""
     event_id: int | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, eq=False)
+class RoundSums:
+    """A round's decoded float64 sums over ``survivors`` clients (secure_agg.decode_sum)."""
+
+    delta: np.ndarray
+    second_moment: np.ndarray | None
+    weight: float
+    clipped: float
+    survivors: int
+    samples: float = 0.0
+    train_loss: float = 0.0  # the sum of the survivors' mean local losses

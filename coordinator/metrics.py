@@ -9,17 +9,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from coordinator.domain import RoundPhase
+from coordinator.domain import PHASE_ORDER, RoundPhase
 
 __all__ = ["PHASE_NUMBERS", "Metrics"]
 
-PHASE_NUMBERS = {
-    RoundPhase.ADVERTISE_KEYS: 1,
-    RoundPhase.SHARE_KEYS: 2,
-    RoundPhase.MASKED_INPUT: 3,
-    RoundPhase.CONSISTENCY_CHECK: 4,
-    RoundPhase.UNMASKING: 5,
-}
+PHASE_NUMBERS = {phase: i + 1 for i, phase in enumerate(PHASE_ORDER)}  # 0: no open round
 
 _SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 

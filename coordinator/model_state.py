@@ -14,7 +14,6 @@ version on the task's held-out set, and exports one as a torch state dict.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from coordinator.blobs import BlobStore
-from coordinator.domain import ModelVersion
+from coordinator.domain import ModelVersion, RoundSums
 from coordinator.errors import CoordinatorError, ErrorCode
 from fedadamw.algorithms import Algorithm
 from fedadamw.blocks import BlockPartition
@@ -31,19 +30,6 @@ from fedadamw.server import ServerState, server_update
 from fedadamw.tasks import Evaluation, Task
 
 __all__ = ["ModelState", "RoundSums"]
-
-
-@dataclass(frozen=True, eq=False)
-class RoundSums:
-    """A round's decoded float64 sums over ``survivors`` clients (secure_agg.decode_sum)."""
-
-    delta: np.ndarray
-    second_moment: np.ndarray | None
-    weight: float
-    clipped: float
-    survivors: int
-    samples: float = 0.0
-    train_loss: float = 0.0  # the sum of the survivors' mean local losses
 
 
 class ModelState:

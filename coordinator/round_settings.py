@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from coordinator.config import CoordinatorConfig
-from coordinator.domain import ModelVersion, RoundPhase
+from coordinator.domain import PHASE_ORDER, ModelVersion, RoundPhase
 from coordinator.errors import CoordinatorError, ErrorCode
 from fedadamw.server import cosine_lr
 from secure_agg import (
@@ -38,17 +38,9 @@ from secure_agg import (
     update_layout,
 )
 
-__all__ = ["PHASE_ORDER", "RoundSettings", "plan_round"]
+__all__ = ["RoundSettings", "plan_round"]
 
 LOSS_MAX = 100.0  # the range of the securely summed mean training loss; higher values clip
-
-PHASE_ORDER = (
-    RoundPhase.ADVERTISE_KEYS,
-    RoundPhase.SHARE_KEYS,
-    RoundPhase.MASKED_INPUT,
-    RoundPhase.CONSISTENCY_CHECK,
-    RoundPhase.UNMASKING,
-)
 
 
 @dataclass(frozen=True)
@@ -224,12 +216,6 @@ def plan_round(
         degree=degree,
         quantization=layout.to_dict(),
         chunk_elements=config.limits.chunk_elements,
-        phase_seconds={
-            RoundPhase.ADVERTISE_KEYS.value: deadlines.advertise_keys,
-            RoundPhase.SHARE_KEYS.value: deadlines.share_keys,
-            RoundPhase.MASKED_INPUT.value: deadlines.masked_input,
-            RoundPhase.CONSISTENCY_CHECK.value: deadlines.consistency_check,
-            RoundPhase.UNMASKING.value: deadlines.unmasking,
-        },
+        phase_seconds={phase.value: getattr(deadlines, phase.value) for phase in PHASE_ORDER},
         min_clients=config.min_clients,
     )

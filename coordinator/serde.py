@@ -12,8 +12,8 @@ import re
 from datetime import datetime
 from typing import Any
 
-from coordinator.active_round import RoundEvent
 from coordinator.domain import (
+    PHASE_ORDER,
     AdvertisedKeysRecord,
     ConsistencySignatureRecord,
     RoundOutcome,
@@ -22,8 +22,9 @@ from coordinator.domain import (
     UnmaskRecord,
 )
 from coordinator.errors import CoordinatorError, ErrorCode
-from coordinator.round_machine import UploadProgress
-from coordinator.round_settings import PHASE_ORDER, RoundSettings
+from coordinator.ingest import UploadProgress
+from coordinator.round_settings import RoundSettings
+from coordinator.round_state import RoundEvent
 from fedadamw.v1 import edge_pb2 as pb
 from secure_agg import (
     AdvertiseKeys,

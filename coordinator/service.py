@@ -23,14 +23,15 @@ from cryptography.hazmat.primitives import serialization
 from google.protobuf.message import DecodeError, Message
 
 from coordinator import pki, serde
-from coordinator.active_round import ActiveRound
 from coordinator.auth import Authenticator
 from coordinator.blobs import BlobStore
-from coordinator.domain import AddResult, AuditEvent, Participant
+from coordinator.domain import AuditEvent, Participant
 from coordinator.error_catalog import status_for
 from coordinator.errors import CoordinatorError, ErrorCode
 from coordinator.metrics import Metrics
-from coordinator.round_machine import Assignment, RoundMachine, UploadProgress
+from coordinator.replay import AgentRecord, ShareBatch
+from coordinator.round_machine import Assignment, Parse, RoundMachine, UploadProgress
+from coordinator.round_state import RoundState
 from coordinator.store import Store
 from coordinator.tokens import hash_token
 from fedadamw.v1 import edge_pb2 as pb
@@ -374,38 +375,31 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
         context: Context,
         round_id: str,
         phase: pb.Phase,
-        build: Callable[[ActiveRound, Participant], tuple[ClientMessage, Callable[[], AddResult]]],
+        parse: Parse,
     ) -> pb.Ack:
         client_id = await self._caller(context)
         await self.machine.submit(
-            client_id, serde.check_round_id(round_id), serde.phase_from_proto(phase), build
+            client_id, serde.check_round_id(round_id), serde.phase_from_proto(phase), parse
         )
         return pb.Ack(round_id=round_id, phase=phase)
 
     @_unary("AdvertiseKeys")
     async def AdvertiseKeys(self, request: pb.AdvertiseKeysRequest, context: Context) -> pb.Ack:
-        def build(
-            active: ActiveRound, p: Participant
-        ) -> tuple[ClientMessage, Callable[[], AddResult]]:
+        def parse(state: RoundState, p: Participant) -> tuple[ClientMessage, AgentRecord]:
             identity = self.machine.identity_key(p.client_id)
-            message, record = serde.advertise_from_proto(
-                request, secagg_id=p.secagg_id, identity_key=identity
-            )
-            return message, lambda: self.store.add_advertised_keys(record)
+            return serde.advertise_from_proto(request, secagg_id=p.secagg_id, identity_key=identity)
 
-        return await self._submit(context, request.round_id, request.phase, build)
+        return await self._submit(context, request.round_id, request.phase, parse)
 
     @_unary("ShareKeys")
     async def ShareKeys(self, request: pb.ShareKeysRequest, context: Context) -> pb.Ack:
-        def build(
-            active: ActiveRound, p: Participant
-        ) -> tuple[ClientMessage, Callable[[], AddResult]]:
+        def parse(state: RoundState, p: Participant) -> tuple[ClientMessage, AgentRecord]:
             message, records = serde.shares_from_proto(
-                request, secagg_id=p.secagg_id, cohort_size=len(active.participants)
+                request, secagg_id=p.secagg_id, cohort_size=len(state.participants)
             )
-            return message, lambda: self.store.add_shares(request.round_id, p.secagg_id, records)
+            return message, ShareBatch(request.round_id, p.secagg_id, tuple(records))
 
-        return await self._submit(context, request.round_id, request.phase, build)
+        return await self._submit(context, request.round_id, request.phase, parse)
 
     @_unary("UploadMaskedInput")
     async def UploadMaskedInput(
@@ -455,25 +449,19 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
     async def SubmitConsistencySignature(
         self, request: pb.ConsistencySignatureRequest, context: Context
     ) -> pb.Ack:
-        def build(
-            active: ActiveRound, p: Participant
-        ) -> tuple[ClientMessage, Callable[[], AddResult]]:
-            message, record = serde.signature_from_proto(request, secagg_id=p.secagg_id)
-            return message, lambda: self.store.add_consistency_signature(record)
+        def parse(state: RoundState, p: Participant) -> tuple[ClientMessage, AgentRecord]:
+            return serde.signature_from_proto(request, secagg_id=p.secagg_id)
 
-        return await self._submit(context, request.round_id, request.phase, build)
+        return await self._submit(context, request.round_id, request.phase, parse)
 
     @_unary("Unmask")
     async def Unmask(self, request: pb.UnmaskRequest, context: Context) -> pb.Ack:
-        def build(
-            active: ActiveRound, p: Participant
-        ) -> tuple[ClientMessage, Callable[[], AddResult]]:
-            message, record = serde.unmask_from_proto(
-                request, secagg_id=p.secagg_id, cohort_size=len(active.participants)
+        def parse(state: RoundState, p: Participant) -> tuple[ClientMessage, AgentRecord]:
+            return serde.unmask_from_proto(
+                request, secagg_id=p.secagg_id, cohort_size=len(state.participants)
             )
-            return message, lambda: self.store.add_unmask_response(record)
 
-        return await self._submit(context, request.round_id, request.phase, build)
+        return await self._submit(context, request.round_id, request.phase, parse)
 
     @_unary("AbortRound")
     async def AbortRound(self, request: pb.AbortRoundRequest, context: Context) -> pb.Ack:

@@ -39,6 +39,7 @@ from coordinator.domain import (
     RoundPhase,
     ShareRecord,
     UnmaskRecord,
+    phase_rank,
 )
 from coordinator.errors import ErrorCode, StoreError
 from coordinator.store import sql_enrollment, sql_records, sql_rounds
@@ -65,8 +66,6 @@ from coordinator.store.tables import (
 )
 
 __all__ = ["SqlStore", "default_sqlite_url"]
-
-_PHASE_ORDER = {phase: index for index, phase in enumerate(RoundPhase)}
 
 
 class SqlStore(Store):
@@ -213,7 +212,7 @@ class SqlStore(Store):
                 select(PhaseTimingRow).where(PhaseTimingRow.round_id == round_id)
             ).all()
             timings = [phase_timing_from_row(row) for row in rows]
-        return sorted(timings, key=lambda timing: _PHASE_ORDER[timing.phase])
+        return sorted(timings, key=lambda timing: phase_rank(timing.phase))
 
     def advance_phase(
         self,

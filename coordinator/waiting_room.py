@@ -1,0 +1,169 @@
+"""The waiting room: agents long-polling for a round, and the selection of a cohort.
+
+Agents call ``check_in`` and wait (up to their hold) for an ``Assignment`` or a
+``RetryAfter``. The driver calls ``select``: once ``cohort`` agents wait, or
+``min_clients`` of them after the selection deadline, it picks up to ``selected`` of those
+waiting at random (revoked ones are left out), and ``assign`` answers the chosen ones.
+Agents that were not selected keep waiting through a round, so a large fleet fills the
+over-selection margin (docs/architecture.md, section 3).
+
+The room also keeps the two fleet gauges: agents seen in the last minute, and enrolled ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from coordinator.config import CoordinatorConfig
+from coordinator.domain import Client, Participant, RoundPhase
+from coordinator.errors import StoreError
+from coordinator.metrics import Metrics
+from coordinator.store import Store
+
+__all__ = ["Assignment", "RetryAfter", "WaitingRoom"]
+
+log = logging.getLogger(__name__)
+
+CONNECTED_WINDOW = 60.0  # seconds since a client's last call for it to count as connected
+GAUGE_INTERVAL = 5.0
+
+
+@dataclass(frozen=True)
+class Assignment:
+    round_id: str
+    secagg_id: int
+    phase: RoundPhase = RoundPhase.ADVERTISE_KEYS  # the round's phase when assigned
+
+
+@dataclass(frozen=True)
+class RetryAfter:
+    seconds: int
+    reason: str
+
+
+class WaitingRoom:
+    """Check-ins waiting for a round, and the cohort selection over them."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        config: CoordinatorConfig,
+        metrics: Metrics,
+        rng: random.Random,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.metrics = metrics
+        self.rng = rng
+        self.monotonic = monotonic
+        self.closed: RetryAfter | None = None  # set once no round will be offered again
+        self._waiting: dict[int, asyncio.Future[Assignment | RetryAfter]] = {}
+        self._changed = asyncio.Event()
+        self._seen: dict[int, float] = {}
+        self._store_failing = False
+
+    def seen(self, client_id: int) -> None:
+        self._seen[client_id] = self.monotonic()
+
+    async def check_in(self, client: Client, *, wait: float) -> Assignment | RetryAfter:
+        """Wait up to ``wait`` seconds for a round to select ``client``."""
+        if self.closed is not None:
+            return self.closed
+        previous = self._waiting.get(client.client_id)
+        if previous is not None and not previous.done():
+            previous.set_result(RetryAfter(1, "checked in again elsewhere"))
+        future: asyncio.Future[Assignment | RetryAfter] = asyncio.get_running_loop().create_future()
+        self._waiting[client.client_id] = future
+        self._changed.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout=max(0.0, wait))
+        except TimeoutError:
+            if future.done():
+                return future.result()
+            return RetryAfter(1, "no round for this client yet")
+        finally:
+            if self._waiting.get(client.client_id) is future:
+                del self._waiting[client.client_id]
+
+    async def select(self) -> list[int]:
+        """Wait for enough agents (see the module docstring); the chosen client ids."""
+        first = None
+        while True:
+            waiting = [c for c, f in self._waiting.items() if not f.done()]
+            if len(waiting) >= self.config.min_clients:
+                waiting = await self._not_revoked(waiting)
+            now = self.monotonic()
+            if waiting and first is None:
+                first = now
+            if len(waiting) >= self.config.cohort:
+                break
+            if (
+                first is not None
+                and len(waiting) >= self.config.min_clients
+                and now - first >= self.config.deadlines.selection
+            ):
+                break
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=1.0)
+        return self.rng.sample(waiting, min(len(waiting), self.config.selected))
+
+    async def _not_revoked(self, waiting: list[int]) -> list[int]:
+        """Drop revoked clients from the waiting ones (revoked while they waited)."""
+        clients = await asyncio.to_thread(self.store.list_clients)
+        revoked = {c.client_id for c in clients if c.revoked}
+        for client_id in revoked.intersection(waiting):
+            self._answer(client_id, RetryAfter(60, "revoked"))
+        return [c for c in waiting if c not in revoked]
+
+    def assign(self, round_id: str, participants: Iterable[Participant]) -> None:
+        """Answer the selected agents' check-ins with their assignment."""
+        for p in participants:
+            self._answer(p.client_id, Assignment(round_id, p.secagg_id))
+
+    def close(self, answer: RetryAfter) -> None:
+        """No round will be offered again: answer every waiting agent, and later ones."""
+        self.closed = answer
+        for client_id in list(self._waiting):
+            self._answer(client_id, answer)
+
+    def cancel(self) -> None:
+        for future in self._waiting.values():
+            if not future.done():
+                future.cancel()
+
+    def _answer(self, client_id: int, answer: Assignment | RetryAfter) -> None:
+        future = self._waiting.get(client_id)
+        if future is not None and not future.done():
+            future.set_result(answer)
+
+    async def keep_gauges(self) -> None:
+        """Update the fleet gauges every few seconds, until cancelled."""
+        while True:
+            now = self.monotonic()
+            self.metrics.connected.set(
+                sum(1 for t in self._seen.values() if now - t < CONNECTED_WINDOW)
+            )
+            await self._count_enrolled()
+            await asyncio.sleep(GAUGE_INTERVAL)
+
+    async def _count_enrolled(self) -> None:
+        try:
+            clients = await asyncio.to_thread(self.store.list_clients)
+        except StoreError as exc:
+            if not self._store_failing:
+                log.warning("cannot count enrolled clients (%s): %s", exc.code.value, exc)
+            self._store_failing = True
+            return
+        if self._store_failing:
+            log.info("counting enrolled clients again")
+        self._store_failing = False
+        self.metrics.enrolled.set(sum(1 for c in clients if not c.revoked))

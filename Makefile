@@ -12,7 +12,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
-		--constraint constraints.txt --editable '.[dev,postgres]'
+		--constraint constraints.txt --editable '.[coordinator,agent,demo,postgres,dev]'
 	@$(MAKE) --no-print-directory prometheus-tools
 	@touch $(STAMP)
 

@@ -39,8 +39,14 @@ class DigitsSplit:
 
 @lru_cache(maxsize=1)
 def digits_split() -> DigitsSplit:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as exc:
+        raise TaskError(
+            "the digits tasks need scikit-learn: install 'fedadamw[agent]' on a device, "
+            "'fedadamw[coordinator]' for the coordinator"
+        ) from exc
 
     data = load_digits()
     images = (data.images / 16.0).astype(np.float32)[:, None, :, :]

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from cryptography import x509
@@ -69,7 +69,6 @@ def _unary(
                 response = await fn(self, request, context)
             except CoordinatorError as exc:
                 await self._refuse(method, context, exc, started)
-                raise AssertionError("unreachable") from exc  # context.abort raised
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
@@ -77,7 +76,6 @@ def _unary(
                 await self._refuse(
                     method, context, CoordinatorError(ErrorCode.INTERNAL, str(exc)), started
                 )
-                raise AssertionError("unreachable") from exc
             self._count(method, grpc.StatusCode.OK, started)
             return response
 
@@ -229,7 +227,8 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
 
     async def _refuse(
         self, method: str, context: Context, error: CoordinatorError, started: float
-    ) -> None:
+    ) -> NoReturn:
+        """Log and count the refusal, then end the call with its status (``abort`` raises)."""
         status, message = status_for(error)
         level = logging.ERROR if status is grpc.StatusCode.INTERNAL else logging.INFO
         log.log(level, "%s refused (%s): %s", method, error.code.value, error.message)

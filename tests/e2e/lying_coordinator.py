@@ -105,7 +105,7 @@ class LyingEdgeService(EdgeService):
         active = self.machine.active
         if active is None or active.round_id != round_id:
             return None
-        participant = active.participants.get(client_id)
+        participant = active.state.participants.get(client_id)
         return None if participant is None else participant.secagg_id
 
     def _targeted(self, context: Context, round_id: str) -> int | None:

@@ -1,15 +1,19 @@
 """``fedadamw``: the user's tool.
 
 fedadamw simulate ...   FedAdamW and its baselines in process, with a CSV and a plot
-fedadamw demo           a real deployment on loopback: coordinator, agents, secure rounds
 fedadamw plot CSV       re-plot a metrics.csv
 fedadamw list           the tasks and algorithms there are
+
+Other installed packages add commands through the ``fedadamw.commands`` entry points: each
+names a function that takes the subcommand parsers and the help formatter and adds its own.
+The demo (``fedadamw demo``, package ``demo``) is one.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import json
 import logging
 import sys
@@ -28,7 +32,7 @@ from fedadamw.simulate import RoundRecord, SimulationConfig, read_csv, simulate,
 from fedadamw.summary import format_table, summarize
 from fedadamw.tasks import available_tasks, load_task
 
-__all__ = ["main"]
+__all__ = ["default_out", "main"]
 
 
 class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
@@ -76,45 +80,17 @@ def _parser() -> argparse.ArgumentParser:
     _simulation_flags(sim, SimulationConfig())
     sim.set_defaults(run=_simulate)
 
-    demo = commands.add_parser(
-        "demo",
-        help="a real deployment on loopback: coordinator, agents, secure rounds",
-        description=(
-            "Start a coordinator (SQLite, TLS) and edge agents as separate processes on "
-            "loopback, enroll the agents, and run secure FedAdamW rounds on handwritten "
-            "digits, each agent with its own non-IID share. Shows a live table, then a "
-            "summary with round time by phase and a plot. Stops everything at the end or "
-            "on Ctrl-C."
-        ),
-        formatter_class=_DefaultsHelp,
-    )
-    demo.add_argument("--task", default="digits-cnn", help="task name or module:attr")
-    demo.add_argument("--clients", type=int, default=8, help="edge agents to start")
-    demo.add_argument("--rounds", type=int, default=20, help="rounds to commit")
-    demo.add_argument(
-        "--drop-rate", type=float, default=0.0, help="chance that an agent is killed mid-round"
-    )
-    demo.add_argument("--dirichlet", type=float, default=0.5, help="the non-IID split's alpha")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the data split and model")
-    demo.add_argument(
-        "--reference",
-        action="store_true",
-        help="also plot the same task simulated without secure aggregation",
-    )
-    demo.add_argument(
-        "--data-dir", type=Path, default=None, help="keep the coordinator's data here"
-    )
-    demo.add_argument(
-        "--out", type=Path, default=None, help="output directory (default: runs/demo-TIME)"
-    )
-    demo.set_defaults(run=_demo)
-
     plot = commands.add_parser(
         "plot", help="plot a metrics.csv", description="Plot a metrics.csv written by simulate."
     )
     plot.add_argument("csv", type=Path, help="the metrics.csv")
     plot.add_argument("--out", type=Path, default=None, help="the PNG (default: next to the CSV)")
     plot.set_defaults(run=_plot)
+
+    for entry in sorted(
+        importlib.metadata.entry_points(group="fedadamw.commands"), key=lambda e: e.name
+    ):
+        entry.load()(commands, _DefaultsHelp)
 
     listing = commands.add_parser(
         "list", help="list tasks and algorithms", description="List tasks and algorithms."
@@ -231,29 +207,11 @@ def _simulate(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    return _run(config, args.out or _default_out("simulate"))
+    return _run(config, args.out or default_out("simulate"))
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from fedadamw.demo import DemoConfig, run_demo
-
-    torch.set_num_threads(1)  # the reference simulation's model is tiny
-    config = DemoConfig(
-        task=args.task,
-        clients=args.clients,
-        rounds=args.rounds,
-        drop_rate=args.drop_rate,
-        dirichlet=args.dirichlet,
-        seed=args.seed,
-        out=args.out or _default_out("demo"),
-        data_dir=args.data_dir,
-        reference=args.reference,
-    )
-    load_task(config.task)
-    return run_demo(config)
-
-
-def _default_out(kind: str) -> Path:
+def default_out(kind: str) -> Path:
+    """``runs/KIND-TIME``: where a command writes when given no ``--out``."""
     return Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 

@@ -1,6 +1,6 @@
 """The import rules of docs/architecture.md, section 1, checked over every module.
 
-Every ``import`` and ``from ... import`` statement of the four packages (inside functions
+Every ``import`` and ``from ... import`` statement of the project's packages (inside functions
 too, relative ones resolved) is read with ``ast``; a package may use only what its row of
 the layout table allows.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT = {"fedadamw", "secure_agg", "coordinator", "edge_client"}
+PROJECT = {"fedadamw", "secure_agg", "coordinator", "edge_client", "demo"}
 
 FORBIDDEN = {
     # SecAgg+ without transport: no project package, no wire, no database.
@@ -21,8 +21,10 @@ FORBIDDEN = {
     # The algorithm: plain torch, no network or database (its generated fedadamw/v1/ aside).
     "fedadamw": PROJECT - {"fedadamw"} | {"grpc", "sqlalchemy", "alembic", "prometheus_client"},
     # The coordinator and the agent meet only on the wire.
-    "coordinator": {"edge_client"},
-    "edge_client": {"coordinator", "sqlalchemy", "alembic"},
+    "coordinator": {"edge_client", "demo"},
+    "edge_client": {"coordinator", "demo", "sqlalchemy", "alembic"},
+    # The demo runs the services as commands, as a user would; it imports none of them.
+    "demo": PROJECT - {"demo", "fedadamw"} | {"grpc", "sqlalchemy", "alembic"},
 }
 
 

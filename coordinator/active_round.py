@@ -10,10 +10,11 @@ rebuilds the state from it after a restart or a driver fault.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 from coordinator.domain import RoundPhase
+from coordinator.errors import CoordinatorError, ErrorCode
 from coordinator.round_state import RoundEvent, RoundState
 
 __all__ = ["ActiveRound"]
@@ -69,3 +70,32 @@ class ActiveRound:
                 continue
             for queue in queues:
                 queue.put_nowait(event)
+
+    async def stream(self, secagg_id: int) -> AsyncIterator[RoundEvent]:
+        """A participant's events: the current phase first, then each change, until the round
+        ends. Raises UNAVAILABLE once the round is rebuilt from the store (watch again)."""
+        queue: asyncio.Queue[RoundEvent] = asyncio.Queue()
+        # Under the lock that phase changes take, so no change is both the first event
+        # and queued.
+        async with self.lock:
+            ended = self.finished  # it may have ended while we waited for the lock
+            if ended is None:
+                first = self.state.current_event(secagg_id)
+                self.watchers.setdefault(secagg_id, set()).add(queue)
+        if ended is not None:
+            yield ended
+            return
+        try:
+            yield first
+            while True:
+                event = await queue.get()
+                if event.retired:
+                    raise CoordinatorError(
+                        ErrorCode.STORE_UNAVAILABLE,
+                        f"round {self.round_id} was rebuilt from the store; watch it again",
+                    )
+                yield event
+                if event.outcome is not None:
+                    return
+        finally:
+            self.watchers.get(secagg_id, set()).discard(queue)

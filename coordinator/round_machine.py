@@ -229,33 +229,9 @@ class RoundMachine:
             raise CoordinatorError(
                 ErrorCode.NOT_IN_COHORT, f"client {client_id} is not in round {round_id}"
             )
-        secagg = participant.secagg_id
         active.state.check_reached(seen)
-        queue: asyncio.Queue[RoundEvent] = asyncio.Queue()
-        # Under the lock that phase changes take, so no change is both the first event
-        # and queued.
-        async with active.lock:
-            ended = active.finished  # it may have ended while we waited for the lock
-            if ended is None:
-                first = active.state.current_event(secagg)
-                active.watchers.setdefault(secagg, set()).add(queue)
-        if ended is not None:
-            yield ended
-            return
-        try:
-            yield first
-            while True:
-                event = await queue.get()
-                if event.retired:
-                    raise CoordinatorError(
-                        ErrorCode.STORE_UNAVAILABLE,
-                        f"round {round_id} was rebuilt from the store; watch it again",
-                    )
-                yield event
-                if event.outcome is not None:
-                    return
-        finally:
-            active.watchers.get(secagg, set()).discard(queue)
+        async for event in active.stream(participant.secagg_id):
+            yield event
 
     async def _ended_event(self, client_id: int, round_id: str) -> RoundEvent:
         """How a round that is not open here ended; only its own cohort may learn it."""

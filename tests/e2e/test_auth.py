@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -25,6 +25,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.auth import INSECURE_CLIENT_HEADER
+from coordinator.domain import EnrollmentToken
+from coordinator.store.session import default_sqlite_url
+from coordinator.store.sql import SqlStore
+from coordinator.tokens import hash_token, new_token
 from edge_client.enrollment import Credentials, enroll
 from fedadamw.v1 import edge_pb2 as pb
 from fedadamw.v1 import edge_pb2_grpc as pb_grpc
@@ -250,13 +254,31 @@ def test_a_revoked_client_is_refused_at_its_next_rpc(cluster: Cluster) -> None:
 # --- enrollment tokens ------------------------------------------------------------------------
 
 
+def _expired_token(coordinator: Coordinator) -> str:
+    """A token that expired an hour ago, written into the running coordinator's database
+    (no waiting for a short-lived one to run out)."""
+    token = new_token()
+    now = datetime.now(UTC)
+    store = SqlStore(coordinator.db_url or default_sqlite_url(coordinator.data_dir))
+    try:
+        store.create_token(
+            EnrollmentToken(
+                token_hash=hash_token(token),
+                created_at=now - timedelta(hours=2),
+                expires_at=now - timedelta(hours=1),
+            )
+        )
+    finally:
+        store.close()
+    return token
+
+
 def test_enrollment_tokens_are_single_use_expiring_and_bound_to_the_signer(
     cluster: Cluster,
 ) -> None:
     coordinator = cluster.coordinator
     first, second, third = cluster.tokens["tokens"]
-    (expired,) = coordinator.tokens(1, ttl="1s")
-    time.sleep(2.0)  # it expires at most 1 s after the command returns
+    expired = _expired_token(coordinator)
 
     async def scenario() -> None:
         async with tls_channel(coordinator.enroll_address, ca_pem=coordinator.ca_pem) as channel:

@@ -4,8 +4,8 @@
 :class:`~secure_agg.messages.ClientAbort` to the dropout record, rejects any message the
 phase does not expect with ``UNEXPECTED_MESSAGE`` naming both, and builds the
 :class:`~secure_agg.messages.RoundAborted` notices of an abort. Subclasses
-(:mod:`secure_agg.server`) say who takes part, what counts as a response and what closing
-means.
+(:mod:`secure_agg.server`, :mod:`secure_agg.server_masking`) say who takes part, what
+counts as a response and what closing means.
 """
 
 from __future__ import annotations

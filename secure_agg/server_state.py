@@ -1,10 +1,11 @@
 """The server's plain, persistable per-phase data, and the round's result.
 
-Each server phase (:mod:`secure_agg.server`) keeps all its state in one of these mutable
-dataclasses: frozen messages, ids, sets, dicts and, from phase 2 on, one numpy array (the
-running sum, ``layout.length`` elements of the ring dtype). Nothing else is needed to rebuild
-a phase after a restart (:func:`secure_agg.server.restore_server`); the coordinator may
-persist them field by field (the messages map to protobuf) or as a whole.
+Each server phase (:mod:`secure_agg.server`, :mod:`secure_agg.server_masking`) keeps all
+its state in one of these mutable dataclasses: frozen messages, ids, sets, dicts and, from
+phase 2 on, one numpy array (the running sum, ``layout.length`` elements of the ring dtype).
+Nothing else is needed to rebuild a phase after a restart
+(:func:`secure_agg.server.restore_server`); the coordinator may persist them field by field
+(the messages map to protobuf) or as a whole.
 
 Sets and dicts are owned by the phase that holds the data; the running sum moves from
 phase to phase without copies and ends up in :class:`AggregateResult`.

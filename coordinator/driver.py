@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import random
 import time
 import uuid
@@ -53,11 +54,21 @@ from coordinator.store import Store
 from coordinator.waiting_room import RetryAfter, WaitingRoom
 from secure_agg import SecAggError
 
-__all__ = ["RoundDriver", "fault_backoff"]
+__all__ = ["DriverStage", "RoundDriver", "fault_backoff"]
 
 FAULT_BACKOFF_BASE = 1.0
 FAULT_BACKOFF_CAP = 30.0
 NOT_STARTED_PAUSE = 5.0  # seconds before another try when a round cannot be planned
+
+
+class DriverStage(enum.StrEnum):
+    """What the driver is doing: the ``stage`` label of ``fedadamw_round_driver_faults_total``."""
+
+    OPEN_ROUND = "open_round"
+    CLOSE_PHASE = "close_phase"
+    COMMIT = "commit"
+    ABORT = "abort"
+    RESTORE = "restore"
 
 
 def utcnow() -> datetime:
@@ -99,7 +110,7 @@ class RoundDriver:
         self.rng = rng if rng is not None else random.SystemRandom()
         self.sleep = sleep
         self.active: ActiveRound | None = None
-        self.stage = "open_round"  # what the driver is doing, for its fault report
+        self.stage = DriverStage.OPEN_ROUND  # what the driver is doing, for its fault report
         self.idle = asyncio.Event()  # set when the configured rounds are all committed
         self.serving = True  # False while the driver retries a fault
         self.on_health: Callable[[bool], None] | None = None
@@ -180,7 +191,7 @@ class RoundDriver:
         """Open a round if none is open, then run its current phase. True once training is
         finished."""
         if self.active is None:
-            self.stage = "open_round"
+            self.stage = DriverStage.OPEN_ROUND
             latest = await asyncio.to_thread(self.store.latest_version)
             assert latest is not None
             if latest.version >= self.config.rounds:
@@ -208,7 +219,7 @@ class RoundDriver:
         stored finish first, so the replay sees everything that was acknowledged. Until the
         replay succeeds the retired round stays in place, refusing work.
         """
-        self.stage = "restore"
+        self.stage = DriverStage.RESTORE
         old = self.active
         if old is None:
             await self._replace_active()
@@ -309,7 +320,7 @@ class RoundDriver:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(active.ready.wait(), timeout=timeout)
         async with active.lock:
-            self.stage = "close_phase"
+            self.stage = DriverStage.CLOSE_PHASE
             state = active.state
             unmasks = state.phase is RoundPhase.UNMASKING and state.ready_to_sum
             started = time.perf_counter()
@@ -323,10 +334,10 @@ class RoundDriver:
                 )
             self.listener.dropped(decision.phase, decision.dropped)
             if isinstance(decision, Abort):
-                self.stage = "abort"
+                self.stage = DriverStage.ABORT
                 await self._abort(active, decision)
             elif isinstance(decision, Commit):
-                self.stage = "commit"
+                self.stage = DriverStage.COMMIT
                 await self._commit(active, decision)
             else:
                 await self._advance(active, decision)

@@ -40,39 +40,30 @@ restart it, which then waits as a standby if another process has taken over.
     await lock.acquire(timeout=None)       # waits as a standby while another leads
     ...                                    # serve; watch lock.lost
     await lock.release()
+
+This module holds ``LeaderLock`` and its errors; the two locks are
+:mod:`coordinator.leader_file` and :mod:`coordinator.leader_postgres`, and the holder they
+describe is :mod:`coordinator.leader_holder`. Every public name is importable from here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import hashlib
-import json
 import logging
-import os
-import re
-import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
-
-from sqlalchemy import Connection, Engine, create_engine, exc, text
-from sqlalchemy.engine import URL
-from sqlalchemy.pool import NullPool
+from typing import TypeVar
 
 from coordinator.errors import ErrorCode, StoreError
-from coordinator.store.session import (
-    POSTGRES_CONNECT_TIMEOUT_S,
-    describe_url,
-    parse_url,
-    translate_errors,
-)
+from coordinator.leader_file import LOCK_FILE, FileLock
+from coordinator.leader_holder import Holder, now_utc
+from coordinator.leader_postgres import PostgresLock, advisory_key, application_name
+from coordinator.store.session import parse_url
 
 __all__ = [
     "EXIT_LEADER_LOST",
@@ -90,19 +81,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-LOCK_FILE = "leader.lock"
-"""The data directory's lock file."""
-
 EXIT_STANDBY_TIMEOUT = 3
 """The exit code when ``--standby-timeout`` ran out before this process could lead."""
 
 EXIT_LEADER_LOST = 4
 """The exit code when the leader lost its lock and could not take it again at once."""
-
-LOCK_NAME = "fedadamw-coordinator leader"
-_APPLICATION = "fedadamw-coordinator"
-_APPLICATION_PATTERN = re.compile(rf"^{_APPLICATION} (\d+)@(.*)$")
-_MAX_APPLICATION_NAME = 63  # PostgreSQL truncates application_name to NAMEDATALEN - 1
 
 
 class LeadershipError(Exception):
@@ -115,283 +98,6 @@ class StandbyTimeoutError(LeadershipError):
     """The standby timeout ran out while another process held the lock."""
 
     exit_code = EXIT_STANDBY_TIMEOUT
-
-
-def advisory_key(schema: str) -> int:
-    """The PostgreSQL advisory-lock key (a signed 64-bit integer) for ``schema``."""
-    digest = hashlib.sha256(f"{LOCK_NAME} {schema}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def application_name(pid: int | None = None, host: str | None = None) -> str:
-    """``fedadamw-coordinator <pid>@<host>``, as the lock connection announces itself."""
-    name = f"{_APPLICATION} {os.getpid() if pid is None else pid}@{host or socket.gethostname()}"
-    return name[:_MAX_APPLICATION_NAME]
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True)
-class Holder:
-    """Who holds a lock, as far as can be told; ``str()`` is for log lines."""
-
-    lock: str
-    pid: int | None = None
-    host: str | None = None
-    since: datetime | None = None
-    detail: str = ""
-
-    def __str__(self) -> str:
-        if self.pid is None and self.since is None:
-            return f"{self.lock}: {self.detail or 'held by a process that cannot be identified'}"
-        parts = []
-        if self.pid is not None:
-            parts.append(f"pid {self.pid}")
-        if self.host:
-            parts.append(f"on host {self.host}")
-        if self.since is not None:
-            parts.append(f"since {_iso(self.since)}")
-        who = " ".join(parts) or "another process"
-        return f"{self.lock} is held by {who}" + (f" ({self.detail})" if self.detail else "")
-
-
-class _FileLock:
-    """``flock`` on ``DIR/leader.lock``. Not thread-safe: ``LeaderLock`` serialises it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self._identity: tuple[int, int] | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def try_acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        except BaseException:
-            os.close(fd)
-            raise
-        stat = os.fstat(fd)
-        self._fd, self._identity = fd, (stat.st_dev, stat.st_ino)
-        return True
-
-    def write_holder(self, role: str, since: datetime) -> None:
-        assert self._fd is not None
-        info = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "since": _iso(since),
-            "role": role,
-        }
-        data = (json.dumps(info) + "\n").encode()
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, data, 0)
-
-    def holder(self) -> Holder:
-        where = f"the data directory {self.path.parent} ({LOCK_FILE})"
-        try:
-            info = json.loads(self.path.read_text() or "{}")
-        except (OSError, ValueError):
-            info = {}
-        if not isinstance(info, dict):
-            info = {}
-        pid, host, since = info.get("pid"), info.get("host"), info.get("since")
-        moment = None
-        if isinstance(since, str):
-            with contextlib.suppress(ValueError):
-                moment = datetime.fromisoformat(since)
-        role = info.get("role")
-        return Holder(
-            lock=where,
-            pid=pid if isinstance(pid, int) else None,
-            host=host if isinstance(host, str) else None,
-            since=moment,
-            detail="itself waiting for the database lock" if role == "standby" else "",
-        )
-
-    def problem(self) -> str | None:
-        """Why the lock no longer guards ``path`` (None while it does)."""
-        try:
-            stat = os.stat(self.path)
-        except OSError as error:
-            return f"the lock file {self.path} is gone ({error.strerror})"
-        if (stat.st_dev, stat.st_ino) != self._identity:
-            return f"the lock file {self.path} was replaced by another file"
-        return None
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        fd, self._fd, self._identity = self._fd, None, None
-        try:
-            os.ftruncate(fd, 0)
-        finally:
-            os.close(fd)  # closing the only descriptor drops the flock
-
-
-class _PostgresLock:
-    """``pg_try_advisory_lock`` on a connection of its own. Not thread-safe (see above)."""
-
-    def __init__(self, url: URL) -> None:
-        self.url = url
-        self.description = describe_url(url)
-        connect_args: dict[str, Any] = {
-            "application_name": application_name(),
-            # Client side: notice a vanished server (keepalives; unacknowledged data).
-            "keepalives": 1,
-            "keepalives_idle": 10,
-            "keepalives_interval": 5,
-            "keepalives_count": 3,
-            "tcp_user_timeout": 30_000,
-        }
-        if "connect_timeout" not in url.query:
-            connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
-        try:
-            self._engine: Engine = create_engine(
-                url, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args=connect_args
-            )
-        except (ImportError, exc.NoSuchModuleError) as error:
-            raise StoreError(
-                ErrorCode.STORE_UNAVAILABLE,
-                f"no driver for {self.description} ({error}); "
-                "install the PostgreSQL extra: pip install 'fedadamw[postgres]'",
-            ) from error
-        self._connection: Connection | None = None
-        self.key: int | None = None
-        self.schema = ""
-        self.held = False
-
-    @property
-    def lock_name(self) -> str:
-        return f"the leader lock of schema {self.schema!r} in the {self.description}"
-
-    def connect(self) -> None:
-        """Open the connection and derive the key (``StoreError`` if it cannot be reached)."""
-        if self._connection is not None:
-            return
-        with translate_errors(self.url):
-            connection = self._engine.connect()
-            try:
-                row = connection.execute(
-                    text("SELECT coalesce(current_schema(), current_setting('search_path'))")
-                ).one()
-                # Server side: notice a vanished holder within about 30 s, not hours.
-                for setting, value in (
-                    ("tcp_keepalives_idle", 10),
-                    ("tcp_keepalives_interval", 5),
-                    ("tcp_keepalives_count", 3),
-                ):
-                    connection.execute(text(f"SET {setting} = {value}"))
-            except BaseException:
-                connection.close()
-                raise
-        self._connection = connection
-        self.schema = str(row[0])
-        self.key = advisory_key(self.schema)
-
-    def _halves(self) -> dict[str, int]:
-        assert self.key is not None
-        unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF
-        return {"key": self.key, "hi": unsigned >> 32, "lo": unsigned & 0xFFFF_FFFF}
-
-    def try_acquire(self) -> bool:
-        self.connect()
-        assert self._connection is not None
-        with translate_errors(self.url):
-            got = self._connection.execute(
-                text("SELECT pg_try_advisory_lock(:key)"), self._halves()
-            ).scalar_one()
-        self.held = bool(got)
-        return self.held
-
-    def holder(self) -> Holder:
-        assert self._connection is not None
-        with translate_errors(self.url):
-            row = self._connection.execute(
-                text(
-                    "SELECT a.pid, a.application_name, host(a.client_addr), a.backend_start "
-                    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
-                    "AND l.database = (SELECT oid FROM pg_database "
-                    "                  WHERE datname = current_database()) "
-                    "AND l.classid::bigint = :hi AND l.objid::bigint = :lo "
-                    "LIMIT 1"
-                ),
-                self._halves(),
-            ).first()
-        if row is None:
-            return Holder(lock=self.lock_name)
-        backend, name, client, started = row
-        session = f"database session {backend}" + (f" from {client}" if client else "")
-        match = _APPLICATION_PATTERN.match(name or "")
-        if match is None:
-            return Holder(
-                lock=self.lock_name,
-                since=started,
-                detail=f"{session}, application_name {name!r}",
-            )
-        return Holder(
-            lock=self.lock_name,
-            pid=int(match[1]),
-            host=match[2],
-            since=started,
-            detail=f"{session}, connected at that time",
-        )
-
-    def problem(self) -> str | None:
-        """Why this session no longer holds the lock (None while it does)."""
-        if self._connection is None:
-            return "the database connection holding the lock is closed"
-        try:
-            with translate_errors(self.url):
-                held = self._connection.execute(
-                    text(
-                        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = pg_backend_pid() "
-                        "AND locktype = 'advisory' AND granted AND objsubid = 1 "
-                        "AND classid::bigint = :hi AND objid::bigint = :lo)"
-                    ),
-                    self._halves(),
-                ).scalar_one()
-        except (StoreError, exc.SQLAlchemyError, OSError) as error:
-            return f"the database session holding the lock ended: {error}"
-        return None if held else "the database session no longer holds the advisory lock"
-
-    def reacquire(self) -> bool:
-        """A fresh connection, and the lock again if it is free; False if not."""
-        self.disconnect()
-        try:
-            return self.try_acquire()
-        except (StoreError, exc.SQLAlchemyError, OSError) as error:
-            log.warning("could not take the leader lock again: %s", error)
-            self.disconnect()
-            return False
-
-    def disconnect(self) -> None:
-        connection, self._connection, self.held = self._connection, None, False
-        if connection is not None:
-            # Closing a connection whose session already died fails; that is the point.
-            with contextlib.suppress(exc.SQLAlchemyError, OSError):
-                connection.close()
-
-    def release(self) -> None:
-        if self._connection is not None and self.held:
-            # A dead session released the lock already; closing below ends it anyway.
-            with contextlib.suppress(exc.SQLAlchemyError, OSError):
-                self._connection.execute(text("SELECT pg_advisory_unlock(:key)"), self._halves())
-        self.disconnect()
-        self._engine.dispose()
 
 
 class LeaderLock:
@@ -412,10 +118,10 @@ class LeaderLock:
         self.check_interval = check_interval
         self.remind_every = remind_every
         self.clock = clock
-        self._file = _FileLock(self.data_dir / LOCK_FILE)
+        self._file = FileLock(self.data_dir / LOCK_FILE)
         url = parse_url(db_url) if db_url else None
         postgres = url is not None and url.get_backend_name() == "postgresql"
-        self._postgres = _PostgresLock(url) if url is not None and postgres else None
+        self._postgres = PostgresLock(url) if url is not None and postgres else None
         self._mutex = threading.Lock()  # one thread at a time touches the locks
         self._watcher: asyncio.Task[None] | None = None
         self.lost = asyncio.Event()
@@ -490,7 +196,7 @@ class LeaderLock:
         except BaseException:
             await asyncio.to_thread(self._locked, self._release_all)
             raise
-        self.since = _now()
+        self.since = now_utc()
         if reminder is not None:
             log.warning(
                 "took over as the leader after %.0f s as a standby: %s",
@@ -522,7 +228,7 @@ class LeaderLock:
         if not self._file.held:
             if not self._file.try_acquire():
                 return self._file.holder()
-            self._file.write_holder("standby" if self._postgres else "leader", _now())
+            self._file.write_holder("standby" if self._postgres else "leader", now_utc())
         if self._postgres is not None and not self._postgres.held:
             try:
                 if not self._postgres.try_acquire():
@@ -535,7 +241,7 @@ class LeaderLock:
                     lock=self._postgres.lock_name,
                     detail=f"the database cannot be reached now: {error}",
                 )
-            self._file.write_holder("leader", _now())
+            self._file.write_holder("leader", now_utc())
         return None
 
     def _check(self) -> str | None:

@@ -5,7 +5,8 @@ The loop checks in (a long poll); when a round selects it, it runs the round wit
 state directory, and checks in again. It keeps running through:
 
 - **an unreachable coordinator** (down, restarting, network gone): exponential backoff with
-  full jitter between 1 s and 60 s, then it resumes checking in;
+  full jitter between 1 s and 60 s (``edge_client.retry.CHECK_IN``), then it resumes
+  checking in; any error but a refusal of the agent itself is retried this way;
 - **its own restart mid-round**: the round's keys lived in memory only, so the coordinator
   counts the agent as dropped; the agent simply checks in again with fresh keys next round;
 - **rounds it must refuse** (its limits, below): it tells the coordinator at once
@@ -26,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,7 +35,8 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_client import metrics as agent_metrics
-from edge_client.enrollment import mutual_tls_channel
+from edge_client.enrollment import AGENT_CHANNEL_OPTIONS, mutual_tls_channel
+from edge_client.retry import CHECK_IN, Retrier
 from edge_client.session import Outcome, RoundResult, RoundSession, SessionError
 from edge_client.state import LastRound, StateDir
 from edge_client.training import LocalTraining
@@ -43,7 +44,7 @@ from fedadamw.v1 import edge_pb2 as pb
 from fedadamw.v1 import edge_pb2_grpc as pb_grpc
 from secure_agg.threshold import DEFAULT_CORRUPT_RATE
 
-__all__ = ["AGENT_VERSION", "Agent", "Backoff", "Limits"]
+__all__ = ["AGENT_VERSION", "Agent", "Limits"]
 
 log = logging.getLogger(__name__)
 
@@ -56,26 +57,6 @@ class Limits:
     max_model_bytes: int = 256 << 20
     corrupt_rate: float = DEFAULT_CORRUPT_RATE
     allow_plain: bool = False
-
-
-class Backoff:
-    """Exponential backoff with full jitter: a delay in [0, min(cap, base·2^attempt)]."""
-
-    def __init__(
-        self, *, base: float = 1.0, cap: float = 60.0, rng: random.Random | None = None
-    ) -> None:
-        self.base = base
-        self.cap = cap
-        self.attempt = 0
-        self.rng = rng or random.Random()
-
-    def next(self) -> float:
-        ceiling = min(self.cap, self.base * 2**self.attempt)
-        self.attempt += 1
-        return max(0.1, self.rng.uniform(0, ceiling))
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class Agent:
@@ -124,13 +105,18 @@ class Agent:
         credentials = self.state.credentials()
         info = self.state.info()
         if info.insecure:
-            channel = grpc.aio.insecure_channel(info.coordinator)
+            channel = grpc.aio.insecure_channel(info.coordinator, options=AGENT_CHANNEL_OPTIONS)
             metadata: tuple[tuple[str, str], ...] = ((INSECURE_CLIENT_HEADER, str(info.client_id)),)
         else:
             channel = mutual_tls_channel(info.coordinator, credentials)
             metadata = ()
         stub = pb_grpc.EdgeServiceStub(channel)
-        backoff = Backoff()
+        backoff = Retrier(
+            CHECK_IN,
+            what=f"check-in at {info.coordinator}",
+            sleep=self._sleep,
+            level=logging.WARNING,
+        )
         log.info(
             "agent %d: training %s on %s; coordinator %s",
             info.client_id,
@@ -148,21 +134,11 @@ class Agent:
                         stub.CheckIn(request, metadata=metadata, timeout=40)
                     )
                 except grpc.aio.AioRpcError as exc:
-                    if exc.code() in {
-                        grpc.StatusCode.UNAUTHENTICATED,
-                        grpc.StatusCode.PERMISSION_DENIED,
-                    }:
+                    if not CHECK_IN.retries(exc.code()):
                         log.error("the coordinator refuses this agent: %s", exc.details())
                         return 3
-                    delay = backoff.next()
                     self._connected(False)
-                    log.warning(
-                        "coordinator %s unreachable (%s); retrying in %.1fs",
-                        info.coordinator,
-                        exc.code().name,
-                        delay,
-                    )
-                    await self._sleep(delay)
+                    await backoff.pause(exc)
                     continue
                 if answer is None:
                     break
@@ -268,7 +244,14 @@ class Agent:
             return await asyncio.wait_for(asyncio.shield(task), timeout=2.0)
         except TimeoutError:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this task is being cancelled too, not only the round
+            log.info("round %s: abandoned in the middle of a step", session.round_id)
+        else:
+            return result  # it ended on its own as it was cancelled
         await session.leave("cancelled")
         return RoundResult(session.round_id, Outcome.REFUSED, reason="the agent is shutting down")

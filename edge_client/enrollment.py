@@ -25,10 +25,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
+from edge_client.retry import CHANNEL_OPTIONS
 from fedadamw.v1 import edge_pb2 as pb
 from fedadamw.v1 import edge_pb2_grpc as pb_grpc
 
 __all__ = [
+    "AGENT_CHANNEL_OPTIONS",
     "ENROLL_SIGNATURE_CONTEXT",
     "Credentials",
     "enroll",
@@ -38,6 +40,14 @@ __all__ = [
 ]
 
 ENROLL_SIGNATURE_CONTEXT = b"fedadamw-enroll-v1"
+
+AGENT_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_receive_message_length", 16 << 20),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    *CHANNEL_OPTIONS,  # reconnect within seconds of a coordinator's restart
+)
+"""The options of the agent's long-lived channel to the coordinator's agent port."""
 
 
 @dataclass(frozen=True)
@@ -140,12 +150,4 @@ def mutual_tls_channel(address: str, credentials: Credentials) -> grpc.aio.Chann
         private_key=credentials.tls_key_pem,
         certificate_chain=credentials.certificate_pem,
     )
-    return grpc.aio.secure_channel(
-        address,
-        tls,
-        options=[
-            ("grpc.max_receive_message_length", 16 << 20),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-        ],
-    )
+    return grpc.aio.secure_channel(address, tls, options=AGENT_CHANNEL_OPTIONS)

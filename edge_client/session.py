@@ -13,9 +13,11 @@
 4. return how the round ended.
 
 Calls that fail because the coordinator is unreachable are retried with exponential backoff
-and jitter until the round's deadline; the coordinator makes every call idempotent. If the
-watch stream breaks, it is reopened, and the coordinator starts it again with the current
-phase's message (one the state machine already handled is ignored).
+and jitter until the round's deadline (``edge_client.retry``: ``ROUND`` for calls, the watch
+stream and uploads, ``DOWNLOAD`` for downloads); the coordinator makes every call
+idempotent. If the watch stream breaks, it is reopened, and the coordinator starts it again
+with the current phase's message (one the state machine already handled is logged and
+ignored).
 
 If the coordinator drops the agent from the round, or the state machine aborts (a lying
 server), the session ends and says so; its keys die with it.
@@ -41,6 +43,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_client import wire
+from edge_client.retry import DOWNLOAD, ROUND, Retrier, call_with_retry
 from fedadamw.v1 import edge_pb2 as pb
 from fedadamw.v1 import edge_pb2_grpc as pb_grpc
 from secure_agg import (
@@ -51,6 +54,7 @@ from secure_agg import (
     ClientMaskedInput,
     ClientState,
     ConsistencySignature,
+    ErrorCode,
     MaskedInput,
     SecAggError,
     SegmentLayout,
@@ -85,12 +89,6 @@ _ABORT_HINTS = {
 T = TypeVar("T")
 STAGES = ("download", "keys", "training", "quantize", "masking", "upload", "unmask")
 DOWNLOAD_CHUNK_BYTES = 1 << 20  # the coordinator streams blobs in chunks of this size
-# Worth trying again: the coordinator is away, slow, or asks us to slow down (rate limit).
-RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
 
 
 class Outcome(enum.StrEnum):
@@ -152,6 +150,7 @@ class RoundSession:
         metadata: Sequence[tuple[str, str]] = (),
         progress: Callable[[str, int, int], None] | None = None,
         rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self.stub = stub
         self.identity_key = identity_key
@@ -164,6 +163,7 @@ class RoundSession:
         self.metadata = tuple(metadata)
         self.progress = progress or (lambda what, done, total: None)
         self.rng = rng or random.Random()
+        self.sleep = sleep or asyncio.sleep  # between retries
         self.deadline = time.monotonic() + 3600.0
         self.state: ClientState | None = None
         self.config: pb.RoundConfig | None = None
@@ -182,22 +182,21 @@ class RoundSession:
 
     # --- calls with retry ----------------------------------------------------------------
 
+    def _retrier(self, what: str, *, action: str = "retrying", download: bool = False) -> Retrier:
+        """Retries under this round's policy, until its deadline."""
+        return Retrier(
+            DOWNLOAD if download else ROUND,
+            what=what,
+            action=action,
+            deadline=self.deadline,
+            rng=self.rng,
+            sleep=self.sleep,
+        )
+
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        delay = 0.2
-        while True:
-            try:
-                return await call()
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in RETRYABLE or time.monotonic() + delay > self.deadline:
-                    raise
-                log.info(
-                    "%s: coordinator unreachable (%s); retrying in %.1fs",
-                    what,
-                    exc.code().name,
-                    delay,
-                )
-                await asyncio.sleep(delay * (0.5 + self.rng.random()))
-                delay = min(delay * 2, 10.0)
+        return await call_with_retry(
+            call, ROUND, what=what, deadline=self.deadline, rng=self.rng, sleep=self.sleep
+        )
 
     # --- the round ----------------------------------------------------------------------
 
@@ -276,7 +275,7 @@ class RoundSession:
 
     async def _events(self) -> AsyncIterator[pb.RoundEvent]:
         """The round's events, reopening the stream when the coordinator goes away."""
-        delay = 0.2
+        retrier = self._retrier(f"round {self.round_id}: event stream", action="reconnecting")
         while True:
             stream = self.stub.WatchRound(self._ref(), metadata=self.metadata)
             try:
@@ -284,18 +283,12 @@ class RoundSession:
                     event = await self._next_event(stream)
                     if event is None:
                         return
-                    delay = 0.2
+                    retrier.reset()
                     yield event
                     if event.WhichOneof("event") == "finished":
                         return
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in RETRYABLE or time.monotonic() > self.deadline:
-                    raise
-                log.info(
-                    "round %s: event stream lost (%s); reconnecting", self.round_id, exc.code().name
-                )
-                await asyncio.sleep(delay * (0.5 + self.rng.random()))
-                delay = min(delay * 2, 10.0)
+                await retrier.pause(exc)
             finally:
                 stream.cancel()
 
@@ -354,8 +347,20 @@ class RoundSession:
         with self._timed(stage):
             try:
                 step = state.handle(message)
-            except SecAggError:
-                return None  # a message we already handled, sent again after a reconnect
+            except SecAggError as exc:
+                if exc.code is not ErrorCode.UNEXPECTED_MESSAGE:
+                    raise SessionError(
+                        Outcome.REFUSED, f"secure aggregation failed: {exc}"
+                    ) from exc
+                # the state is unchanged: most often a phase message this agent already
+                # answered, sent again when the watch stream was reopened
+                log.info(
+                    "round %s: ignoring a message for phase %s: %s",
+                    self.round_id,
+                    pb.Phase.Name(event.phase),
+                    exc.message,
+                )
+                return None
             self.state = step.state
             outgoing = step.message
             await self._send(outgoing)
@@ -445,6 +450,7 @@ class RoundSession:
             return np.frombuffer(final.read_bytes(), dtype=dtype).astype(dtype[1:])
         part = self.cache_dir / f"{ref.sha256}.part"
         chunks: list[bytes] = []
+        retrier = self._retrier(f"round {self.round_id}: download", download=True)
         if part.exists():
             data = part.read_bytes()
             size = DOWNLOAD_CHUNK_BYTES
@@ -470,9 +476,7 @@ class RoundSession:
                     self.progress("download", sum(len(c) for c in chunks), int(ref.size))
                 break
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in RETRYABLE or time.monotonic() > self.deadline:
-                    raise
-                await asyncio.sleep(0.5 + self.rng.random())
+                await retrier.pause(exc)
         data = b"".join(chunks)
         if hashlib.sha256(data).hexdigest() != ref.sha256 or len(data) != ref.size:
             part.unlink(missing_ok=True)
@@ -491,7 +495,7 @@ class RoundSession:
         itemsize = vector.dtype.itemsize
         chunk_bytes = config.chunk_elements * itemsize
         total = config.total_chunks
-        delay = 0.2
+        retrier = self._retrier(f"round {self.round_id}: upload", action="resuming")
         while True:
             try:
                 status = await self.stub.GetUploadStatus(self._ref(), metadata=self.metadata)
@@ -519,10 +523,4 @@ class RoundSession:
                 if status.complete:
                     return
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in RETRYABLE or time.monotonic() > self.deadline:
-                    raise
-                log.info(
-                    "round %s: upload interrupted (%s); resuming", self.round_id, exc.code().name
-                )
-                await asyncio.sleep(delay * (0.5 + self.rng.random()))
-                delay = min(delay * 2, 10.0)
+                await retrier.pause(exc)

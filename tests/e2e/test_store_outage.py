@@ -256,20 +256,14 @@ def test_store_connections_lost_across_a_phase_close_stall_loudly_then_resume(
     _check_committed(coordinator, updates)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="flaky under a loaded full run (1 failure in 2 clean-clone runs): after the restart "
-    "no agent sent its unmask shares again, so the resumed round aborted with "
-    "too_few_clients; suspected: an Unmask in flight when the leader stopped with grace 0 "
-    "ends with a status the agent does not retry (only UNAVAILABLE, DEADLINE_EXCEEDED and "
-    "RESOURCE_EXHAUSTED are); under investigation in the round-layer issue",
-)
 def test_postgres_down_across_a_phase_close_the_leader_exits_and_its_restart_resumes(
     tmp_path: Path, relayed_postgres: tuple[str, Relay]
 ) -> None:
     """Every connection dies, the leader lock's too: the coordinator can no longer prove it
     leads, so it exits 4 for its supervisor; restarted once the database is back, it resumes
-    the round with every acknowledged input."""
+    the round with every acknowledged input. The agents reach the restarted coordinator
+    within seconds however long it was down (their channels cap gRPC's reconnection backoff,
+    ``edge_client.retry.CHANNEL_OPTIONS``), well inside its ``restart_grace``."""
     url, relay = relayed_postgres
     coordinator, updates = _scenario(tmp_path, url, relay, whole_database=True)
     assert coordinator.starts == 2

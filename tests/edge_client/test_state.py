@@ -1,9 +1,7 @@
-"""The agent's state directory, its backoff and its limits, without a coordinator."""
+"""The agent's state directory, without a coordinator."""
 
 from __future__ import annotations
 
-import json
-import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +12,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from edge_client.agent import Backoff
 from edge_client.enrollment import Credentials
 from edge_client.errors import EdgeError, ErrorCode
 from edge_client.state import AgentInfo, LastRound, StateDir
@@ -112,13 +109,3 @@ def test_a_certificate_for_another_key_is_refused(tmp_path: Path) -> None:
     (state.path / "client.pem").write_bytes(other)
     with pytest.raises(EdgeError, match="does not match"):
         state.credentials()
-
-
-def test_backoff_grows_with_full_jitter_and_resets() -> None:
-    backoff = Backoff(base=1.0, cap=8.0, rng=random.Random(0))
-    delays = [backoff.next() for _ in range(8)]
-    assert all(0.1 <= d <= 8.0 for d in delays)
-    assert max(delays[4:]) > max(delays[:2])  # the ceiling grows
-    backoff.reset()
-    assert backoff.attempt == 0
-    assert json.dumps(delays)  # plain floats

@@ -24,10 +24,10 @@ from coordinator import pki
 from coordinator.domain import Client
 from coordinator.errors import CoordinatorError, ErrorCode, StoreError
 from coordinator.store import Store
+from wire import INSECURE_CLIENT_HEADER
 
 __all__ = ["INSECURE_CLIENT_HEADER", "Authenticator"]
 
-INSECURE_CLIENT_HEADER = "fedadamw-client-id"
 BURST = 4.0
 
 

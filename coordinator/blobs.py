@@ -43,7 +43,6 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +50,7 @@ import numpy as np
 import numpy.typing as npt
 
 from coordinator.errors import BlobError, CoordinatorError, ErrorCode
+from wire.files import fsync_dir, write_atomically
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "BlobStore", "InputSpool", "fsync_dir", "write_atomically"]
 
@@ -73,45 +73,6 @@ def _make_dir(path: Path) -> bool:
     except FileExistsError:
         return False
     return True
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (a rename, a new or removed file) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(
-    path: Path, data: bytes, *, mode: int = 0o600, temp_prefix: str | None = None
-) -> None:
-    """Replace ``path`` with ``data`` durably: a whole old file or a whole new one survives
-    a crash at any moment.
-
-    The temp file (``temp_prefix``, by default ``.NAME.``) is made 0600 with O_EXCL beside
-    ``path``, so the rename is atomic; it is set to ``mode``, written and fsynced, then
-    renamed over ``path``, and the directory is fsynced.
-    """
-    prefix = f".{path.name}." if temp_prefix is None else temp_prefix
-    fd, temp_name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
-    try:
-        try:
-            if mode != 0o600:
-                os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
-    fsync_dir(path.parent)
 
 
 def _os_error(what: str, exc: OSError) -> BlobError:

@@ -6,7 +6,7 @@ refuses a certificate without its key, a pair that does not match, or an expired
 other and the CA, carry every wanted name and are valid for more than
 :data:`SERVER_RENEW_BEFORE`; otherwise it issues a fresh key and certificate, keeping the
 old certificate's names. Keys are PKCS#8 PEM (:func:`key_pem`), narrowed to 0600 when read;
-every file is written with :func:`~coordinator.blobs.write_atomically`. The layout of the
+every file is written with :func:`~wire.files.write_atomically`. The layout of the
 directory: :mod:`coordinator.pki`.
 """
 
@@ -22,9 +22,9 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from coordinator.blobs import write_atomically
 from coordinator.errors import CoordinatorError, ErrorCode
 from coordinator.pki_issue import issue_server_certificate, self_signed_ca
+from wire.files import write_atomically
 
 __all__ = [
     "SERVER_RENEW_BEFORE",

@@ -14,7 +14,6 @@ the id back from a verified peer. Errors are :class:`~coordinator.errors.Coordin
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 from collections.abc import Mapping, Sequence
 
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import NameOID
 
 from coordinator.errors import CoordinatorError, ErrorCode
+from wire import ENROLL_SIGNATURE_CONTEXT, enrollment_payload
 
 __all__ = [
     "CLIENT_CN_PREFIX",
@@ -38,7 +38,6 @@ __all__ = [
     "verify_enrollment_signature",
 ]
 
-ENROLL_SIGNATURE_CONTEXT = b"fedadamw-enroll-v1"
 CLIENT_CN_PREFIX = "fedadamw-client-"
 CLIENT_URI_PREFIX = "urn:fedadamw:client:"
 MAX_CLIENT_ID = 2**63 - 1
@@ -121,15 +120,6 @@ def client_id_from_auth_context(auth: Mapping[str, Sequence[bytes]]) -> int:
         "the caller presented no client certificate; enroll the agent, then connect with "
         "its certificate",
     )
-
-
-def enrollment_payload(token: str, csr_der: bytes) -> bytes:
-    """What the identity key signs: ``ENROLL_SIGNATURE_CONTEXT || sha256(token) || csr_der``.
-
-    The token enters hashed (32 bytes) so the payload never carries it in clear; the CSR
-    enters whole, which binds the TLS key to the identity key.
-    """
-    return ENROLL_SIGNATURE_CONTEXT + hashlib.sha256(token.encode("utf-8")).digest() + csr_der
 
 
 def verify_enrollment_signature(

@@ -46,6 +46,7 @@ from secure_agg import (
     ServerMessage,
     decode_sum,
 )
+from wire import Segment
 
 __all__ = [
     "Abort",
@@ -327,13 +328,13 @@ class RoundState:
     def _sums(self, ring_sum: object, survivors: int) -> RoundSums:
         sums = decode_sum(self.settings.layout, ring_sum, num_clients=survivors)  # type: ignore[arg-type]
         return RoundSums(
-            delta=sums["delta"],
-            second_moment=sums.get("second_moment"),
-            weight=float(sums["weight"][0]),
-            clipped=float(sums["clip_count"][0]),
+            delta=sums[Segment.DELTA],
+            second_moment=sums.get(Segment.SECOND_MOMENT),
+            weight=float(sums[Segment.WEIGHT][0]),
+            clipped=float(sums[Segment.CLIP_COUNT][0]),
             survivors=survivors,
-            samples=float(sums["samples"][0]) if "samples" in sums else 0.0,
-            train_loss=float(sums["train_loss"][0]) if "train_loss" in sums else 0.0,
+            samples=float(sums[Segment.SAMPLES][0]) if Segment.SAMPLES in sums else 0.0,
+            train_loss=float(sums[Segment.TRAIN_LOSS][0]) if Segment.TRAIN_LOSS in sums else 0.0,
         )
 
     def advanced(self, round_: Round, decision: Advance, now: datetime) -> dict[int, RoundEvent]:

@@ -25,7 +25,6 @@ from coordinator.errors import CoordinatorError, ErrorCode
 from coordinator.ingest import UploadProgress
 from coordinator.round_settings import RoundSettings
 from coordinator.round_state import RoundEvent
-from fedadamw.v1 import edge_pb2 as pb
 from secure_agg import (
     AdvertiseKeys,
     ConsistencyRequest,
@@ -39,6 +38,7 @@ from secure_agg import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from wire.v1 import edge_pb2 as pb
 
 __all__ = [
     "advertise_from_proto",

@@ -34,15 +34,15 @@ from coordinator.round_machine import Assignment, Parse, RoundMachine, UploadPro
 from coordinator.round_state import RoundState
 from coordinator.store import Store
 from coordinator.tokens import hash_token
-from fedadamw.v1 import edge_pb2 as pb
-from fedadamw.v1 import edge_pb2_grpc as pb_grpc
 from secure_agg import ClientMessage
+from wire import DOWNLOAD_CHUNK_BYTES
+from wire.v1 import edge_pb2 as pb
+from wire.v1 import edge_pb2_grpc as pb_grpc
 
-__all__ = ["DOWNLOAD_CHUNK_BYTES", "EdgeService", "Unparseable", "add_to_server"]
+__all__ = ["EdgeService", "Unparseable", "add_to_server"]
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_CHUNK_BYTES = 1 << 20
 MAX_TOKEN = 256
 MAX_LABEL = 200
 MAX_CSR = 16 << 10

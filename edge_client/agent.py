@@ -40,16 +40,16 @@ from edge_client.retry import CHECK_IN, Retrier
 from edge_client.session import Outcome, RoundResult, RoundSession, SessionError
 from edge_client.state import LastRound, StateDir
 from edge_client.training import LocalTraining
-from fedadamw.v1 import edge_pb2 as pb
-from fedadamw.v1 import edge_pb2_grpc as pb_grpc
 from secure_agg.threshold import DEFAULT_CORRUPT_RATE
+from wire import INSECURE_CLIENT_HEADER
+from wire.v1 import edge_pb2 as pb
+from wire.v1 import edge_pb2_grpc as pb_grpc
 
 __all__ = ["AGENT_VERSION", "Agent", "Limits"]
 
 log = logging.getLogger(__name__)
 
 AGENT_VERSION = "fedadamw-edge/0.1"
-INSECURE_CLIENT_HEADER = "fedadamw-client-id"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ agent pins the CA certificate the operator gave it.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import grpc
@@ -26,20 +25,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from edge_client.retry import CHANNEL_OPTIONS
-from fedadamw.v1 import edge_pb2 as pb
-from fedadamw.v1 import edge_pb2_grpc as pb_grpc
+from wire import enrollment_payload
+from wire.v1 import edge_pb2 as pb
+from wire.v1 import edge_pb2_grpc as pb_grpc
 
 __all__ = [
     "AGENT_CHANNEL_OPTIONS",
-    "ENROLL_SIGNATURE_CONTEXT",
     "Credentials",
     "enroll",
     "enroll_insecure",
-    "enrollment_payload",
     "mutual_tls_channel",
 ]
-
-ENROLL_SIGNATURE_CONTEXT = b"fedadamw-enroll-v1"
 
 AGENT_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", 16 << 20),
@@ -59,10 +55,6 @@ class Credentials:
     tls_key_pem: bytes
     certificate_pem: bytes
     ca_certificate_pem: bytes
-
-
-def enrollment_payload(token: str, csr_der: bytes) -> bytes:
-    return ENROLL_SIGNATURE_CONTEXT + hashlib.sha256(token.encode("utf-8")).digest() + csr_der
 
 
 def _csr(tls_key: ec.EllipticCurvePrivateKey, label: str) -> bytes:

@@ -44,8 +44,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_client import wire
 from edge_client.retry import DOWNLOAD, ROUND, Retrier, call_with_retry
-from fedadamw.v1 import edge_pb2 as pb
-from fedadamw.v1 import edge_pb2_grpc as pb_grpc
 from secure_agg import (
     AbortReason,
     ClientAbort,
@@ -66,9 +64,11 @@ from secure_agg import (
 )
 from secure_agg import AdvertiseKeys as SecAggAdvertise
 from secure_agg.threshold import DEFAULT_CORRUPT_RATE
+from wire import DOWNLOAD_CHUNK_BYTES
+from wire.v1 import edge_pb2 as pb
+from wire.v1 import edge_pb2_grpc as pb_grpc
 
 __all__ = [
-    "DOWNLOAD_CHUNK_BYTES",
     "Outcome",
     "RoundInputs",
     "RoundResult",
@@ -88,7 +88,6 @@ _ABORT_HINTS = {
 
 T = TypeVar("T")
 STAGES = ("download", "keys", "training", "quantize", "masking", "upload", "unmask")
-DOWNLOAD_CHUNK_BYTES = 1 << 20  # the coordinator streams blobs in chunks of this size
 
 
 class Outcome(enum.StrEnum):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_client.enrollment import Credentials
 from edge_client.errors import EdgeError, ErrorCode
+from wire.files import write_atomically
 
 __all__ = ["AgentInfo", "LastRound", "StateDir"]
 
@@ -57,25 +57,6 @@ class LastRound:
     model_version: int | None
     reason: str
     finished_at: str  # ISO 8601, UTC
-
-
-def _write(path: Path, data: bytes, *, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class StateDir:
@@ -123,12 +104,12 @@ class StateDir:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        _write(self._file(IDENTITY_KEY), identity, mode=0o600)
-        _write(self._file(TLS_KEY), credentials.tls_key_pem, mode=0o600)
-        _write(self._file(CERTIFICATE), credentials.certificate_pem, mode=0o644)
-        _write(self._file(CA_CERTIFICATE), credentials.ca_certificate_pem, mode=0o644)
+        write_atomically(self._file(IDENTITY_KEY), identity, mode=0o600)
+        write_atomically(self._file(TLS_KEY), credentials.tls_key_pem, mode=0o600)
+        write_atomically(self._file(CERTIFICATE), credentials.certificate_pem, mode=0o644)
+        write_atomically(self._file(CA_CERTIFICATE), credentials.ca_certificate_pem, mode=0o644)
         # agent.json last: its presence marks a complete enrollment
-        _write(self._file(AGENT), json.dumps(asdict(info), indent=2).encode(), mode=0o644)
+        write_atomically(self._file(AGENT), json.dumps(asdict(info), indent=2).encode(), mode=0o644)
 
     def info(self) -> AgentInfo:
         try:
@@ -185,7 +166,9 @@ class StateDir:
         )
 
     def save_last_round(self, last: LastRound) -> None:
-        _write(self._file(LAST_ROUND), json.dumps(asdict(last), indent=2).encode(), mode=0o644)
+        write_atomically(
+            self._file(LAST_ROUND), json.dumps(asdict(last), indent=2).encode(), mode=0o644
+        )
 
     def last_round(self) -> LastRound | None:
         path = self._file(LAST_ROUND)

@@ -27,6 +27,7 @@ from fedadamw.errors import FedAdamWError
 from fedadamw.layout import FlatLayout
 from fedadamw.server import Hyperparameters
 from fedadamw.tasks import ClientData, Task
+from wire import Segment
 
 __all__ = ["LocalTraining", "TrainingStoppedError", "select_device"]
 
@@ -162,13 +163,13 @@ class LocalTraining:
             update.train_loss,
             update.num_samples,
         )
-        out = {
-            "delta": update.delta.numpy().astype(np.float64),
-            "weight": np.ones(1),
+        out: dict[str, np.ndarray] = {
+            Segment.DELTA: update.delta.numpy().astype(np.float64),
+            Segment.WEIGHT: np.ones(1),
             # statistics the coordinator only ever sees summed over the round's clients
-            "samples": np.array([float(update.num_samples)]),
-            "train_loss": np.array([update.train_loss]),
+            Segment.SAMPLES: np.array([float(update.num_samples)]),
+            Segment.TRAIN_LOSS: np.array([update.train_loss]),
         }
         if partition is not None:
-            out["second_moment"] = update.second_moment.numpy()
+            out[Segment.SECOND_MOMENT] = update.second_moment.numpy()
         return out

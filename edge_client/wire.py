@@ -5,7 +5,6 @@ The coordinator has its own conversions: agent and coordinator meet only on the 
 
 from __future__ import annotations
 
-from fedadamw.v1 import edge_pb2 as pb
 from secure_agg import (
     AdvertiseKeys,
     ConsistencyRequest,
@@ -19,6 +18,7 @@ from secure_agg import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from wire.v1 import edge_pb2 as pb
 
 __all__ = [
     "advertise_to_proto",

@@ -4,8 +4,8 @@ The algorithm (docs/architecture.md, section 2), pure torch with no network or d
 optimizer, the server rule, the second-moment block partition, the flat tensor codec, the
 baselines, the tasks and the in-process simulator.
 
-The names below load on first use, so that ``fedadamw.v1`` (the generated wire code) can be
-imported without torch.
+The names below load on first use, so that importing one module of the package does not
+load them all.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ cannot work, ``INVALID_INPUT`` for missing, extra, misshapen or NaN inputs.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -52,6 +53,7 @@ __all__ = [
     "RING_BITS",
     "QuantSegment",
     "SegmentLayout",
+    "UpdateSegment",
     "decode_sum",
     "encode",
     "max_bits",
@@ -64,6 +66,17 @@ RING_BITS = (32, 64)
 MAX_SEGMENT_BITS = 52
 _CHUNK = 1 << 18
 _UNIFORM_SCALE = 2.0**-53
+
+
+class UpdateSegment(enum.StrEnum):
+    """The names of the segments of a FedAdamW upload (:func:`update_layout`)."""
+
+    DELTA = "delta"
+    SECOND_MOMENT = "second_moment"
+    WEIGHT = "weight"
+    SAMPLES = "samples"
+    TRAIN_LOSS = "train_loss"
+    CLIP_COUNT = "clip_count"
 
 
 def ring_dtype(ring_bits: int) -> np.dtype[Any]:
@@ -275,28 +288,28 @@ def update_layout(
     widest = max_bits(ring_bits, max_clients)
     counter_bits = count_bits if count_bits is not None else widest
     delta = QuantSegment(
-        "delta",
+        UpdateSegment.DELTA,
         delta_length,
         -delta_clip,
         delta_clip,
         delta_bits if delta_bits is not None else max(1, widest - 8),
     )
     weight = QuantSegment(
-        "weight", 1, 0.0, weight_max, weight_bits if weight_bits is not None else widest
+        UpdateSegment.WEIGHT, 1, 0.0, weight_max, weight_bits if weight_bits is not None else widest
     )
     clips = QuantSegment(
-        "clip_count",
+        UpdateSegment.CLIP_COUNT,
         1,
         0.0,
         float(2**counter_bits - 1),
         counter_bits,
-        counts_clips_of=("delta",),
+        counts_clips_of=(UpdateSegment.DELTA,),
     )
     segments: list[QuantSegment] = [delta]
     if moment_length:
         segments.append(
             QuantSegment(
-                "second_moment",
+                UpdateSegment.SECOND_MOMENT,
                 moment_length,
                 0.0,
                 moment_max,
@@ -305,8 +318,8 @@ def update_layout(
         )
     segments.append(weight)
     if samples_max > 0 and loss_max > 0:
-        segments.append(QuantSegment("samples", 1, 0.0, samples_max, widest))
-        segments.append(QuantSegment("train_loss", 1, 0.0, loss_max, widest))
+        segments.append(QuantSegment(UpdateSegment.SAMPLES, 1, 0.0, samples_max, widest))
+        segments.append(QuantSegment(UpdateSegment.TRAIN_LOSS, 1, 0.0, loss_max, widest))
     segments.append(clips)
     return SegmentLayout(ring_bits=ring_bits, max_clients=max_clients, segments=tuple(segments))
 

@@ -77,8 +77,8 @@ from fedadamw.tasks import ClientData, ClientDataSpec, Task, TensorClientData
 
 if TYPE_CHECKING:
     from edge_client.session import RoundInputs, RoundResult, RoundSession
-    from fedadamw.v1 import edge_pb2 as pb
     from tests.e2e.harness import Coordinator
+    from wire.v1 import edge_pb2 as pb
 
 
 # --- the tasks: one vector of d parameters, nothing to train, nothing to evaluate -------
@@ -193,8 +193,8 @@ def session_class(barrier: Barrier, update: SharedUpdate, *, download: bool) -> 
     """A ``RoundSession`` that skips the downloads (unless ``download``), shares the
     quantized update and holds its upload at ``barrier``."""
     from edge_client.session import RoundInputs, RoundSession
-    from fedadamw.v1 import edge_pb2 as pb
     from secure_agg import SegmentLayout, SessionConfig
+    from wire.v1 import edge_pb2 as pb
 
     class BenchSession(RoundSession):
         async def _download_all(self, config: pb.RoundConfig) -> RoundInputs:

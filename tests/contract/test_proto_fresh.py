@@ -1,4 +1,4 @@
-"""The generated code under fedadamw/v1 is what scripts/gen_proto.py makes from proto/."""
+"""The generated code under wire/v1 is what scripts/gen_proto.py makes from proto/."""
 
 from __future__ import annotations
 
@@ -15,12 +15,10 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    fresh = {
-        p.name: p.read_bytes() for p in (tmp_path / "fedadamw" / "v1").iterdir() if p.is_file()
-    }
+    fresh = {p.name: p.read_bytes() for p in (tmp_path / "wire" / "v1").iterdir() if p.is_file()}
     committed = {
         p.name: p.read_bytes()
-        for p in (ROOT / "fedadamw" / "v1").iterdir()
+        for p in (ROOT / "wire" / "v1").iterdir()
         if p.is_file() and p.suffix in {".py", ".pyi"}
     }
     assert sorted(fresh) == sorted(committed)
@@ -29,7 +27,7 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
 
 
 def test_the_service_and_its_messages_load() -> None:
-    from fedadamw.v1 import edge_pb2, edge_pb2_grpc
+    from wire.v1 import edge_pb2, edge_pb2_grpc
 
     names = {m.name for m in edge_pb2.DESCRIPTOR.services_by_name["EdgeService"].methods}
     assert {"Enroll", "CheckIn", "WatchRound", "UploadMaskedInput", "Unmask"} <= names

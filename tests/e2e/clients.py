@@ -39,8 +39,8 @@ from coordinator.domain import RoundOutcome
 from coordinator.store.sql import SqlStore, default_sqlite_url
 from edge_client.enrollment import Credentials, enrollment_payload
 from edge_client.session import Outcome, RoundInputs, RoundResult, RoundSession
-from fedadamw.v1 import edge_pb2 as pb
 from secure_agg import SegmentLayout
+from wire.v1 import edge_pb2 as pb
 
 from .harness import Coordinator, TestAgent
 

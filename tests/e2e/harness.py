@@ -28,8 +28,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge_client.enrollment import Credentials, enroll, mutual_tls_channel
 from edge_client.session import Outcome, RoundResult, RoundSession, UpdateFn
-from fedadamw.v1 import edge_pb2 as pb
-from fedadamw.v1 import edge_pb2_grpc as pb_grpc
+from wire.v1 import edge_pb2 as pb
+from wire.v1 import edge_pb2_grpc as pb_grpc
 
 BIN = Path(sys.executable).parent
 PG_URL = os.environ.get("FEDADAMW_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -47,7 +47,7 @@ import coordinator.server
 from coordinator import cli, pki
 from coordinator.errors import CoordinatorError
 from coordinator.service import EdgeService
-from fedadamw.v1 import edge_pb2 as pb
+from wire.v1 import edge_pb2 as pb
 
 __all__ = ["LIES", "LyingEdgeService", "main"]
 

@@ -30,8 +30,8 @@ from coordinator.store.session import default_sqlite_url
 from coordinator.store.sql import SqlStore
 from coordinator.tokens import hash_token, new_token
 from edge_client.enrollment import Credentials, enroll
-from fedadamw.v1 import edge_pb2 as pb
-from fedadamw.v1 import edge_pb2_grpc as pb_grpc
+from wire.v1 import edge_pb2 as pb
+from wire.v1 import edge_pb2_grpc as pb_grpc
 
 from .clients import (
     SERVICE,

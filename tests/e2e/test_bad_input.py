@@ -29,8 +29,8 @@ from google.protobuf.message import DecodeError
 
 from coordinator.store.sql import SqlStore, default_sqlite_url
 from edge_client.enrollment import Credentials, enroll, mutual_tls_channel
-from fedadamw.v1 import edge_pb2 as pb
-from fedadamw.v1 import edge_pb2_grpc as pb_grpc
+from wire.v1 import edge_pb2 as pb
+from wire.v1 import edge_pb2_grpc as pb_grpc
 
 from .clients import (
     GARBAGE,

@@ -24,7 +24,7 @@ from coordinator.blobs import BlobStore
 from coordinator.domain import ParticipantStatus, RoundPhase
 from coordinator.store.sql import SqlStore, default_sqlite_url
 from edge_client.session import Outcome, RoundSession
-from fedadamw.v1 import edge_pb2 as pb
+from wire.v1 import edge_pb2 as pb
 
 from .harness import (
     FAST,

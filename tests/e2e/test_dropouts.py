@@ -13,7 +13,7 @@ import numpy as np
 from coordinator.blobs import BlobStore
 from coordinator.store.sql import SqlStore, default_sqlite_url
 from edge_client.session import Outcome, RoundInputs, RoundSession, SessionError
-from fedadamw.v1 import edge_pb2 as pb
+from wire.v1 import edge_pb2 as pb
 
 from .harness import FAST, Coordinator, TestAgent, merged
 

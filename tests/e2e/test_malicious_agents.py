@@ -51,11 +51,11 @@ from coordinator.domain import ParticipantStatus, RoundPhase
 from coordinator.store.sql import SqlStore, default_sqlite_url
 from edge_client.enrollment import Credentials, enroll
 from edge_client.session import Outcome, RoundResult, RoundSession
-from fedadamw.v1 import edge_pb2 as pb
-from fedadamw.v1 import edge_pb2_grpc as pb_grpc
 from secure_agg import shamir
 from secure_agg.session import commit_self_mask
 from secure_agg.signing import advertise_payload, sign
+from wire.v1 import edge_pb2 as pb
+from wire.v1 import edge_pb2_grpc as pb_grpc
 
 from .clients import (
     Hook,

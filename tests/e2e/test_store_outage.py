@@ -34,7 +34,7 @@ from grpc_health.v1 import health_pb2
 from coordinator.blobs import BlobStore
 from coordinator.domain import ParticipantStatus, RoundPhase
 from edge_client.session import Outcome, RoundSession
-from fedadamw.v1 import edge_pb2 as pb
+from wire.v1 import edge_pb2 as pb
 
 from .harness import (
     FAST,

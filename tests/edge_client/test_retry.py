@@ -19,8 +19,8 @@ from edge_client.agent import Agent
 from edge_client.enrollment import AGENT_CHANNEL_OPTIONS
 from edge_client.retry import CHECK_IN, DOWNLOAD, ROUND, Retrier, RetryPolicy, call_with_retry
 from edge_client.session import Outcome, RoundInputs, RoundSession, SessionError
-from fedadamw.v1 import edge_pb2 as pb
 from secure_agg import ErrorCode, SecAggError, SegmentLayout
+from wire.v1 import edge_pb2 as pb
 
 Code = grpc.StatusCode
 PERMANENT = sorted(set(Code) - retry.TEMPORARY - {Code.OK}, key=lambda c: c.name)

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from fedadamw.v1 import edge_pb2 as fedadamw_dot_v1_dot_edge__pb2
+from wire.v1 import edge_pb2 as fedadamw_dot_v1_dot_edge__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

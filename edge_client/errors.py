@@ -7,6 +7,7 @@
       ENROLLMENT        the coordinator refused the enrollment
       LIMIT             a round's configuration breaks this agent's limits (the round is
                         refused; the agent keeps running)
+      STOPPED           local training stopped because the agent is shutting down
 
 The message says what was wrong and what to do.
 """
@@ -24,6 +25,7 @@ class ErrorCode(enum.StrEnum):
     INVALID_ARGUMENT = "invalid_argument"
     ENROLLMENT = "enrollment"
     LIMIT = "limit"
+    STOPPED = "stopped"
 
 
 class EdgeError(Exception):

@@ -43,7 +43,9 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_client import wire
+from edge_client.errors import EdgeError
 from edge_client.retry import DOWNLOAD, ROUND, Retrier, call_with_retry
+from fedadamw.errors import FedAdamWError
 from secure_agg import (
     AbortReason,
     ClientAbort,
@@ -420,8 +422,15 @@ class RoundSession:
                 values = dict(self.compute(inputs))
             with self._timed("quantize"):
                 encoded = encode(layout, values)
-        except Exception as exc:  # the device's own failure: leave the round, keep the agent
-            raise SessionError(Outcome.REFUSED, f"the update was not computed: {exc}") from exc
+        except EdgeError as exc:  # this agent's limits, or its shutdown: leave the round
+            raise SessionError(
+                Outcome.REFUSED, f"the update was not computed ({exc.code.value}): {exc.message}"
+            ) from exc
+        except (RuntimeError, MemoryError, ArithmeticError, FedAdamWError) as exc:
+            # the device's own failure (out of memory, a CUDA error, a diverged step): leave
+            # the round and keep the agent; anything else is a bug and ends the agent
+            log.error("round %s: local training failed: %r", self.round_id, exc, exc_info=exc)
+            raise SessionError(Outcome.REFUSED, f"local training failed: {exc!r}") from exc
         log.info(
             "round %s: update computed and quantized in %.1fs",
             self.round_id,

@@ -34,8 +34,11 @@ __all__ = ["LocalTraining", "TrainingStoppedError", "select_device"]
 log = logging.getLogger(__name__)
 
 
-class TrainingStoppedError(Exception):
+class TrainingStoppedError(EdgeError):
     """Training stopped because the agent is shutting down."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.STOPPED, message)
 
 
 def select_device(name: str) -> torch.device:

@@ -78,6 +78,11 @@ class ActiveRound:
         # Under the lock that phase changes take, so no change is both the first event
         # and queued.
         async with self.lock:
+            if self.retired:  # rebuilt while we waited for the lock: nothing more comes here
+                raise CoordinatorError(
+                    ErrorCode.STORE_UNAVAILABLE,
+                    f"round {self.round_id} was rebuilt from the store; watch it again",
+                )
             ended = self.finished  # it may have ended while we waited for the lock
             if ended is None:
                 first = self.state.current_event(secagg_id)

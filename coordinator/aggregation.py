@@ -247,8 +247,9 @@ class PlainAggregation(Aggregation):
         else:
             dropped = {}
         if self._phase is RoundPhase.UNMASKING:
+            # an input in the sum counts, even if its client left afterwards
             return PhaseClosed(
-                ring_sum=self._sum, survivors=tuple(sorted(self._alive)), dropped=dropped
+                ring_sum=self._sum, survivors=tuple(sorted(self._complete)), dropped=dropped
             )
         self._phase = NEXT_PHASE[self._phase]
         return PhaseClosed(next=self, dropped=dropped)

@@ -317,8 +317,11 @@ class RoundDriver:
     async def _run_phase(self, active: ActiveRound) -> None:
         timeout = (active.state.deadline - self.clock()).total_seconds()
         if timeout > 0:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that arrives as the event is set, and stop() would wait for the driver
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(active.ready.wait(), timeout=timeout)
+                async with asyncio.timeout(timeout):
+                    await active.ready.wait()
         async with active.lock:
             self.stage = DriverStage.CLOSE_PHASE
             state = active.state

@@ -117,15 +117,16 @@ class Ingest:
             try:
                 await asyncio.to_thread(self.store.mark_input_complete, active.round_id, secagg)
             except StoreError as exc:
+                # Memory and store agree (neither has the input summed): the agent retries,
+                # and ``progress`` asks it for the last chunk again, which completes it.
                 if exc.code is not ErrorCode.WRONG_PHASE:
                     log.error(
-                        "round %s: a complete input could not be marked (%s); the round is "
-                        "rebuilt from the store",
+                        "round %s: client %d's input is durable but could not be marked "
+                        "complete: %s",
                         active.round_id,
+                        participant.client_id,
                         exc,
                     )
-                    state.store_failed(exc.code)
-                    active.update_ready()
                 raise
             try:
                 await asyncio.to_thread(
@@ -148,12 +149,20 @@ class Ingest:
     def progress(
         self, client_id: int, round_id: str, seen: RoundPhase | None = None
     ) -> UploadProgress:
+        """Which chunks are durable. An input whose chunks are all durable but which is not
+        summed yet (marking it complete failed) is reported without its last chunk, so the
+        agent sends that one again and its arrival completes the input."""
         active, participant = self.require(client_id, round_id, None)
-        active.state.check_reached(seen)
+        state = active.state
+        state.check_reached(seen)
+        secagg = participant.secagg_id
+        received = sorted(state.receipts.get(secagg, {}))
+        if state.input_ready(secagg):
+            received = received[:-1]
         return UploadProgress(
             round_id=round_id,
-            total_chunks=active.state.settings.total_chunks,
-            received=tuple(sorted(active.state.receipts.get(participant.secagg_id, {}))),
-            complete=participant.secagg_id in active.state.complete,
+            total_chunks=state.settings.total_chunks,
+            received=tuple(received),
+            complete=secagg in state.complete,
             phase=active.phase,
         )

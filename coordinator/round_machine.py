@@ -143,10 +143,13 @@ class RoundMachine:
         """Stop driving rounds; let evaluations of committed versions finish (up to 60 s)."""
         await self.driver.finish_evaluations(timeout=60)
         for task in (self._task, self._gauges):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            if task is None:
+                continue
+            if task.done():  # a driver that died was reported by _driver_ended already
+                continue
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self.room.cancel()
 
     def _driver_ended(self, task: asyncio.Task[None]) -> None:

@@ -84,7 +84,8 @@ class WaitingRoom:
         self._waiting[client.client_id] = future
         self._changed.set()
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout=max(0.0, wait))
+            async with asyncio.timeout(max(0.0, wait)):
+                return await asyncio.shield(future)
         except TimeoutError:
             if future.done():
                 return future.result()
@@ -113,7 +114,8 @@ class WaitingRoom:
                 break
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout=1.0)
+                async with asyncio.timeout(1.0):
+                    await self._changed.wait()
         return self.rng.sample(waiting, min(len(waiting), self.config.selected))
 
     async def _not_revoked(self, waiting: list[int]) -> list[int]:

@@ -145,14 +145,10 @@ class Coordinator:
         await asyncio.wait_for(self.machine.idle.wait(), timeout=60)
         await self.driver.finish_evaluations(timeout=60)
 
-    async def close(self, *, died: BaseException | None = None) -> None:
-        """Stop the machine and close the store; ``died``: the error the driver died of,
-        which ``RoundMachine.stop`` raises again (see the xfail test below)."""
+    async def close(self) -> None:
+        """Stop the machine and close the store."""
         try:
             await self.machine.stop()
-        except BaseException as exc:
-            if exc is not died:
-                raise
         finally:
             self.store.inner.close()
 
@@ -502,16 +498,6 @@ def test_a_store_fault_while_opening_a_round_is_retried(tmp_path: Path, db_url: 
 UNSTORED = [
     ("add_advertised_keys", RoundPhase.ADVERTISE_KEYS),
     ("add_shares", RoundPhase.SHARE_KEYS),
-    pytest.param(
-        "mark_input_complete",
-        RoundPhase.MASKED_INPUT,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="bug: after a failed mark_input_complete every chunk of the input is "
-            "durable but it is never summed: GetUploadStatus lists every chunk with "
-            "complete=false, so the agent has nothing left to send (see the report)",
-        ),
-    ),
     ("add_consistency_signature", RoundPhase.CONSISTENCY_CHECK),
     ("add_unmask_response", RoundPhase.UNMASKING),
 ]
@@ -521,8 +507,8 @@ UNSTORED = [
 def test_an_accepted_message_the_store_could_not_keep_rebuilds_the_round(
     method: str, phase: RoundPhase, tmp_path: Path, db_url: str
 ) -> None:
-    # Short masked_input deadlines where an agent may get stuck (the xfail case), so the
-    # round ends in seconds rather than minutes (the rebuilt phase gets restart_grace).
+    # Short masked_input deadlines, so the round ends in seconds rather than minutes (the
+    # rebuilt phase gets restart_grace).
     short = (
         Deadlines(masked_input=5.0, restart_grace=2.0) if phase is RoundPhase.MASKED_INPUT else None
     )
@@ -568,6 +554,35 @@ def test_a_chunk_receipt_the_store_refused_is_sent_again_without_a_rebuild(
             refused = [e for a in agents for e in a.errors if isinstance(e, StoreError)]
             assert len(refused) == 1
             assert c.store.calls["add_input_chunk"] == 5 * 3 + 1  # the refused one, again
+            assert fault_calls(c) == []  # nothing was accepted in memory: no rebuild
+            assert c.listener.of("round_resumed") == []
+            assert_sums_of(c, agents)
+        finally:
+            await c.close()
+
+    run(scenario)
+
+
+def test_a_complete_mark_the_store_refused_asks_for_the_last_chunk_again_without_a_rebuild(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Every chunk is durable but the input could not be marked complete: memory and store
+    agree that it is not summed, so the upload status leaves its last chunk out, the agent
+    sends it again, and its arrival completes the input."""
+    config = config_for()
+
+    async def scenario() -> None:
+        c = Coordinator.build(tmp_path, db_url, config)
+        try:
+            await c.machine.start()
+            c.store.fail("mark_input_complete", after=1)  # the second input to complete
+            agents = c.agents(5)
+            assert_committed(await play_round(c.machine, agents), agents, 1)
+            await c.settle()
+            refused = [e for a in agents for e in a.errors if isinstance(e, StoreError)]
+            assert [e.code for e in refused] == [ErrorCode.STORE_UNAVAILABLE]
+            assert c.store.calls["mark_input_complete"] == 5 + 1  # the refused one, again
+            assert c.store.calls["add_input_chunk"] == 5 * 3  # the resent chunk was durable
             assert fault_calls(c) == []  # nothing was accepted in memory: no rebuild
             assert c.listener.of("round_resumed") == []
             assert_sums_of(c, agents)
@@ -697,12 +712,6 @@ def test_a_watch_open_when_the_round_is_retired_is_told_to_watch_again() -> None
     asyncio.run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ActiveRound.stream checks `finished` but not `retired` once it holds the "
-    "lock, so a watch that waited for the lock while the driver retired the round is left "
-    "on the retired round and never hears from it again",
-)
 def test_a_watch_that_waited_for_the_lock_of_a_retired_round_is_told_to_watch_again() -> None:
     async def scenario() -> None:
         active = ActiveRound(StateRound.open(small_config()).state)
@@ -787,16 +796,11 @@ def test_a_non_store_error_in_the_commit_kills_the_driver_and_says_so(
             assert sample == 1.0
         finally:
             await stop_agents(tasks)
-            await c.close(died=bug)
+            await c.close()  # stop() does not raise the driver's error again
 
     run(scenario)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: RoundMachine.stop awaits the dead driver task and raises its error again, "
-    "so Server.run_until_signal's finally (self.stop()) replaces EXIT_DRIVER_DIED with it",
-)
 def test_stopping_a_machine_whose_driver_died_does_not_raise(tmp_path: Path, db_url: str) -> None:
     bug = RuntimeError("a bug at the start of a step")
 

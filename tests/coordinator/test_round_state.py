@@ -134,11 +134,6 @@ def test_a_plain_aggregation_round_commits_the_plain_sum() -> None:
     assert_commits_sum(r, decisions[-1], {1, 2, 3, 4})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: PlainAggregation drops a client whose input is already summed from the "
-    "survivors, so the sum of n inputs is decoded and averaged as n - 1",
-)
 def test_a_plain_round_keeps_an_input_it_summed_when_its_client_leaves_later() -> None:
     r = StateRound.open(small_config(secure=False, min_clients=2))
     r.play_until(RoundPhase.CONSISTENCY_CHECK)

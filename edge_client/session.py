@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import hashlib
 import json
 import logging
 import random
@@ -44,7 +42,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_client import wire
 from edge_client.errors import EdgeError
+from edge_client.outcome import Outcome, RoundResult, SessionError
 from edge_client.retry import DOWNLOAD, ROUND, Retrier, call_with_retry
+from edge_client.transfers import download_blob, upload_vector
 from fedadamw.errors import FedAdamWError
 from secure_agg import (
     AbortReason,
@@ -66,7 +66,6 @@ from secure_agg import (
 )
 from secure_agg import AdvertiseKeys as SecAggAdvertise
 from secure_agg.threshold import DEFAULT_CORRUPT_RATE
-from wire import DOWNLOAD_CHUNK_BYTES
 from wire.v1 import edge_pb2 as pb
 from wire.v1 import edge_pb2_grpc as pb_grpc
 
@@ -90,30 +89,6 @@ _ABORT_HINTS = {
 
 T = TypeVar("T")
 STAGES = ("download", "keys", "training", "quantize", "masking", "upload", "unmask")
-
-
-class Outcome(enum.StrEnum):
-    COMMITTED = "committed"
-    ABORTED = "aborted"  # the round ended without a model
-    DROPPED = "dropped"  # the coordinator went on without this agent
-    REFUSED = "refused"  # this agent gave up on the round (its own limits, or a lying server)
-
-
-@dataclass(frozen=True)
-class RoundResult:
-    round_id: str
-    outcome: Outcome
-    model_version: int | None = None
-    reason: str = ""
-
-
-class SessionError(Exception):
-    """The round cannot go on for this agent; ``outcome`` and ``reason`` say why."""
-
-    def __init__(self, outcome: Outcome, reason: str) -> None:
-        super().__init__(reason)
-        self.outcome = outcome
-        self.reason = reason
 
 
 @dataclass(frozen=True, eq=False)
@@ -451,46 +426,26 @@ class RoundSession:
         return RoundInputs(config=config, model=model, global_update=update, second_moment=moment)
 
     async def _download(self, ref: pb.BlobRef, dtype: str) -> np.ndarray:
-        """A blob by hash: resumes from the chunks already cached, checks the sha256."""
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        final = self.cache_dir / ref.sha256
-        if final.exists() and hashlib.sha256(final.read_bytes()).hexdigest() == ref.sha256:
-            return np.frombuffer(final.read_bytes(), dtype=dtype).astype(dtype[1:])
-        part = self.cache_dir / f"{ref.sha256}.part"
-        chunks: list[bytes] = []
-        retrier = self._retrier(f"round {self.round_id}: download", download=True)
-        if part.exists():
-            data = part.read_bytes()
-            size = DOWNLOAD_CHUNK_BYTES
-            whole = len(data) - len(data) % size
-            chunks = [data[i : i + size] for i in range(0, whole, size)]
-            if whole != len(data):
-                part.write_bytes(data[:whole])
-        while True:
-            request = pb.DownloadRequest(
-                sha256=ref.sha256,
-                start_chunk=len(chunks),
-                round_id=self.round_id,
-                phase=self.phase,
-            )
-            try:
-                async for chunk in self.stub.DownloadBlob(request, metadata=self.metadata):
-                    if chunk.index != len(chunks):
-                        raise SessionError(Outcome.ABORTED, "the download skipped a chunk")
-                    chunks.append(bytes(chunk.data))
-                    self.downloaded_bytes += len(chunk.data)
-                    with part.open("ab") as handle:
-                        handle.write(chunk.data)
-                    self.progress("download", sum(len(c) for c in chunks), int(ref.size))
-                break
-            except grpc.aio.AioRpcError as exc:
-                await retrier.pause(exc)
-        data = b"".join(chunks)
-        if hashlib.sha256(data).hexdigest() != ref.sha256 or len(data) != ref.size:
-            part.unlink(missing_ok=True)
-            raise SessionError(Outcome.ABORTED, f"blob {ref.sha256[:12]} failed its sha256 check")
-        part.replace(final)
-        return np.frombuffer(data, dtype=dtype).astype(dtype[1:])
+        """A blob by hash (``edge_client.transfers.download_blob``)."""
+        return await download_blob(
+            self.stub,
+            ref,
+            dtype,
+            cache_dir=self.cache_dir,
+            request=lambda start: pb.DownloadRequest(
+                sha256=ref.sha256, start_chunk=start, round_id=self.round_id, phase=self.phase
+            ),
+            metadata=self.metadata,
+            retrier=self._retrier(f"round {self.round_id}: download", download=True),
+            progress=self.progress,
+            on_bytes=self._downloaded,
+        )
+
+    def _downloaded(self, size: int) -> None:
+        self.downloaded_bytes += size
+
+    def _uploaded_chunk(self, size: int) -> None:
+        self.uploaded_bytes += size
 
     async def _upload(self, config: pb.RoundConfig, vector: np.ndarray) -> None:
         """The vector in chunks; after a failure, only the chunks not yet durable."""
@@ -498,37 +453,15 @@ class RoundSession:
             await self._upload_chunks(config, vector)
 
     async def _upload_chunks(self, config: pb.RoundConfig, vector: np.ndarray) -> None:
-        little = vector.astype(vector.dtype.newbyteorder("<"), copy=False)
-        data = memoryview(little.data).cast("B")  # chunks are cut from it without a whole copy
-        itemsize = vector.dtype.itemsize
-        chunk_bytes = config.chunk_elements * itemsize
-        total = config.total_chunks
-        retrier = self._retrier(f"round {self.round_id}: upload", action="resuming")
-        while True:
-            try:
-                status = await self.stub.GetUploadStatus(self._ref(), metadata=self.metadata)
-                if status.complete:
-                    self.progress("upload", total, total)
-                    return
-                done = set(status.received_chunks)
-                missing = [i for i in range(total) if i not in done]
-
-                async def chunks(
-                    missing: list[int] = missing, done: set[int] = done
-                ) -> AsyncIterator[pb.MaskedInputChunk]:
-                    for i in missing:
-                        yield pb.MaskedInputChunk(
-                            round_id=self.round_id,
-                            phase=pb.PHASE_MASKED_INPUT,
-                            chunk_index=i,
-                            values=bytes(data[i * chunk_bytes : (i + 1) * chunk_bytes]),
-                        )
-                        done.add(i)
-                        self.uploaded_bytes += min(chunk_bytes, len(data) - i * chunk_bytes)
-                        self.progress("upload", len(done), total)
-
-                status = await self.stub.UploadMaskedInput(chunks(), metadata=self.metadata)
-                if status.complete:
-                    return
-            except grpc.aio.AioRpcError as exc:
-                await retrier.pause(exc)
+        await upload_vector(
+            self.stub,
+            vector,
+            round_id=self.round_id,
+            chunk_elements=config.chunk_elements,
+            total_chunks=config.total_chunks,
+            status_request=self._ref,
+            metadata=self.metadata,
+            retrier=self._retrier(f"round {self.round_id}: upload", action="resuming"),
+            progress=self.progress,
+            on_bytes=self._uploaded_chunk,
+        )

@@ -1,0 +1,127 @@
+"""The agent's two transfers: a blob download that resumes, and a chunked upload that resumes.
+
+- ``download_blob`` fetches a content-addressed blob in the coordinator's chunks
+  (``wire.DOWNLOAD_CHUNK_BYTES``), appending each to ``CACHE/SHA.part``; after a failure it
+  asks again from the first chunk it lacks. A blob already cached whole is read from the
+  cache. The sha256 and the size are checked before the blob is used.
+- ``upload_vector`` sends a masked vector in chunks of ``chunk_elements`` ring elements. It
+  asks the coordinator which chunks are durable (``GetUploadStatus``) and sends only the
+  others, again after every failure, until the coordinator says the input is complete.
+
+Both retry through the session's ``Retrier`` (``edge_client.retry``) and raise
+``SessionError`` for what no retry can mend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from edge_client.outcome import SessionError
+from edge_client.retry import Retrier
+from wire import DOWNLOAD_CHUNK_BYTES
+from wire.v1 import edge_pb2 as pb
+from wire.v1 import edge_pb2_grpc as pb_grpc
+
+__all__ = ["download_blob", "upload_vector"]
+
+Progress = Callable[[str, int, int], None]
+
+
+async def download_blob(
+    stub: pb_grpc.EdgeServiceStub,
+    ref: pb.BlobRef,
+    dtype: str,
+    *,
+    cache_dir: Path,
+    request: Callable[[int], pb.DownloadRequest],
+    metadata: Sequence[tuple[str, str]],
+    retrier: Retrier,
+    progress: Progress,
+    on_bytes: Callable[[int], None],
+) -> np.ndarray:
+    """The blob ``ref`` as an array of ``dtype``; ``request(start_chunk)`` builds the call."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    final = cache_dir / ref.sha256
+    if final.exists() and hashlib.sha256(final.read_bytes()).hexdigest() == ref.sha256:
+        return np.frombuffer(final.read_bytes(), dtype=dtype).astype(dtype[1:])
+    part = cache_dir / f"{ref.sha256}.part"
+    chunks: list[bytes] = []
+    if part.exists():
+        data = part.read_bytes()
+        size = DOWNLOAD_CHUNK_BYTES
+        whole = len(data) - len(data) % size
+        chunks = [data[i : i + size] for i in range(0, whole, size)]
+        if whole != len(data):
+            part.write_bytes(data[:whole])
+    while True:
+        try:
+            async for chunk in stub.DownloadBlob(request(len(chunks)), metadata=metadata):
+                if chunk.index != len(chunks):
+                    raise SessionError.aborted("the download skipped a chunk")
+                chunks.append(bytes(chunk.data))
+                on_bytes(len(chunk.data))
+                with part.open("ab") as handle:
+                    handle.write(chunk.data)
+                progress("download", sum(len(c) for c in chunks), int(ref.size))
+            break
+        except grpc.aio.AioRpcError as exc:
+            await retrier.pause(exc)
+    data = b"".join(chunks)
+    if hashlib.sha256(data).hexdigest() != ref.sha256 or len(data) != ref.size:
+        part.unlink(missing_ok=True)
+        raise SessionError.aborted(f"blob {ref.sha256[:12]} failed its sha256 check")
+    part.replace(final)
+    return np.frombuffer(data, dtype=dtype).astype(dtype[1:])
+
+
+async def upload_vector(
+    stub: pb_grpc.EdgeServiceStub,
+    vector: np.ndarray,
+    *,
+    round_id: str,
+    chunk_elements: int,
+    total_chunks: int,
+    status_request: Callable[[], pb.RoundRef],
+    metadata: Sequence[tuple[str, str]],
+    retrier: Retrier,
+    progress: Progress,
+    on_bytes: Callable[[int], None],
+) -> None:
+    """Upload ``vector`` until the coordinator has all of it (see the module docstring)."""
+    little = vector.astype(vector.dtype.newbyteorder("<"), copy=False)
+    data = memoryview(little.data).cast("B")  # chunks are cut from it without a whole copy
+    chunk_bytes = chunk_elements * vector.dtype.itemsize
+    total = total_chunks
+    while True:
+        try:
+            status = await stub.GetUploadStatus(status_request(), metadata=metadata)
+            if status.complete:
+                progress("upload", total, total)
+                return
+            done = set(status.received_chunks)
+            missing = [i for i in range(total) if i not in done]
+
+            async def chunks(
+                missing: list[int] = missing, done: set[int] = done
+            ) -> AsyncIterator[pb.MaskedInputChunk]:
+                for i in missing:
+                    yield pb.MaskedInputChunk(
+                        round_id=round_id,
+                        phase=pb.PHASE_MASKED_INPUT,
+                        chunk_index=i,
+                        values=bytes(data[i * chunk_bytes : (i + 1) * chunk_bytes]),
+                    )
+                    done.add(i)
+                    on_bytes(min(chunk_bytes, len(data) - i * chunk_bytes))
+                    progress("upload", len(done), total)
+
+            status = await stub.UploadMaskedInput(chunks(), metadata=metadata)
+            if status.complete:
+                return
+        except grpc.aio.AioRpcError as exc:
+            await retrier.pause(exc)

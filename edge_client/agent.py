@@ -25,8 +25,10 @@ is abandoned at the next local step or message, with an ``AbortRound`` to the co
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,6 +80,9 @@ class Agent:
         self.progress = progress
         self.stop = asyncio.Event()
         self.rounds = 0
+        self.rng = random.Random()
+        self._ran: collections.deque[str] = collections.deque(maxlen=64)  # rounds run here
+        self._offered_again = 0  # check-ins in a row that offered a round already run
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -145,6 +150,8 @@ class Agent:
                 backoff.reset()
                 self._connected(True)
                 if answer.WhichOneof("answer") == "assignment":
+                    if await self._offered_again_pause(answer.assignment):
+                        continue
                     await self._round(stub, answer.assignment, credentials.identity_key, metadata)
                 else:
                     await self._sleep(min(float(answer.retry_after_seconds or 1), 60.0))
@@ -152,6 +159,24 @@ class Agent:
             await channel.close()
         log.info("agent %d stopped after %d rounds", info.client_id, self.rounds)
         return 0
+
+    async def _offered_again_pause(self, assignment: pb.RoundAssignment) -> bool:
+        """A round this agent already ran, offered again (its leaving was not heard, or the
+        round needs it to stay): do not run it twice; wait, longer each time, and check in
+        again. True if it paused."""
+        if assignment.round_id not in self._ran:
+            self._ran.append(assignment.round_id)
+            self._offered_again = 0
+            return False
+        delay = CHECK_IN.delay(self._offered_again, self.rng)
+        self._offered_again += 1
+        log.info(
+            "round %s was offered again after this agent ran it; checking in again in %.1fs",
+            assignment.round_id,
+            delay,
+        )
+        await self._sleep(delay)
+        return True
 
     async def _until_stop(self, call: Awaitable[pb.CheckInResponse]) -> pb.CheckInResponse | None:
         """Await ``call`` unless ``stop`` comes first (then cancel it and return None)."""

@@ -214,6 +214,19 @@ class RoundSession:
             lambda: self.stub.GetRoundConfig(self._ref(), metadata=self.metadata),
         )
         self.config = config
+        if config.phase:
+            self.phase = config.phase
+        if config.secure_aggregation and config.phase not in (
+            pb.PHASE_UNSPECIFIED,
+            pb.PHASE_ADVERTISE_KEYS,
+        ):
+            # This agent's keys for the round died with an earlier run of it (a restart):
+            # it cannot go on, so it leaves, and the coordinator stops offering it the round.
+            raise SessionError(
+                Outcome.REFUSED,
+                f"the round is in phase {pb.Phase.Name(config.phase)}; the keys this agent "
+                "advertised for it are gone (it restarted), so it leaves the round",
+            )
         if config.deadlines:
             last = max(d.unix_ms for d in config.deadlines) / 1000.0
             self.deadline = time.monotonic() + max(5.0, last - time.time()) + 30.0

@@ -369,3 +369,43 @@ def test_agents_train_on_cuda(tmp_path: Path) -> None:
         coordinator.stop()
     assert all("on cuda" in agent.log() for agent in agents)
     assert status["rounds"][0]["outcome"] == "committed"
+
+
+def test_an_agent_restarted_mid_round_leaves_that_round_instead_of_looping(tmp_path: Path) -> None:
+    """Its keys died with it: the coordinator offers it the round again (it is still a
+    participant), and it must leave at once rather than retry the round in a loop."""
+    settings = merged(
+        TRAIN,
+        rounds=1,
+        cohort=4,
+        local_steps=100,  # long enough to be killed while training
+        deadlines={"selection": 90, "masked_input": 90},
+    )
+    coordinator = Coordinator(tmp_path, settings)
+    coordinator.start()
+    agents = enrolled_agents(coordinator, tmp_path, 4)
+    try:
+        for agent in agents:
+            agent.start()
+        round_id, (victim,) = _kill_when(
+            coordinator,
+            agents,
+            lambda phase, status: (
+                phase is RoundPhase.MASKED_INPUT and status is ParticipantStatus.SHARED
+            ),
+        )
+        victim.start()  # at once, while its round is still open
+        finished = _finished(coordinator, round_id, timeout=120)
+        time.sleep(2)  # what it does after the round: nothing it repeats
+        log = victim.log()
+    finally:
+        _stop_all(agents)
+        coordinator.stop()
+    # it left the round, so the round closed without waiting 90 s for it, and committed
+    assert finished["outcome"] == "committed", finished
+    assert finished["survivors"] == 3, finished
+    assert finished["dropouts"] == {"masked_input": 1}, finished
+    restarted = log[log.rindex("training digits-cnn") :]  # its log since the restart
+    assert restarted.count("refused (the round is in phase PHASE_MASKED_INPUT") == 1, restarted
+    assert restarted.count(f"selected for round {round_id}") == 1, restarted
+    assert f"client {_client_id(victim)} left round {round_id}" in coordinator.log()

@@ -74,6 +74,7 @@ import torch
 from torch import Tensor, nn
 
 from fedadamw.tasks import ClientData, ClientDataSpec, Task, TensorClientData
+from secure_agg.threshold import DEFAULT_CORRUPT_RATE, required_threshold
 
 if TYPE_CHECKING:
     from edge_client.session import RoundInputs, RoundResult, RoundSession
@@ -374,6 +375,8 @@ def settings_for(
     from tests.e2e.harness import FAST, merged
 
     neighbours = n - 1 if degree >= n - 1 else degree
+    # at least the threshold the agents accept (secure_agg.threshold): below it they refuse
+    safe = required_threshold(clients=n, holders=neighbours, corrupt_rate=DEFAULT_CORRUPT_RATE)
     return merged(
         FAST,
         task=task,
@@ -384,7 +387,7 @@ def settings_for(
         secure_aggregation={
             "enabled": secure,
             "degree": degree,
-            "threshold": max(2, min(threshold, neighbours)),
+            "threshold": max(2, safe, min(threshold, neighbours)),
         },
         deadlines={
             "selection": 60,
@@ -565,7 +568,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", type=_ints, default=[1_000_000, 10_000_000])
     parser.add_argument("--clients", type=_ints, default=[20, 100])
     parser.add_argument("--degree", type=int, default=8, help="k of the SecAgg+ graph")
-    parser.add_argument("--threshold", type=int, default=5, help="t (capped by the neighbours)")
+    parser.add_argument(
+        "--threshold",
+        type=int,
+        default=5,
+        help="t (capped by the neighbours, raised to the safe minimum)",
+    )
     parser.add_argument("--chunk-elements", type=int, default=262_144)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--download", action="store_true", help="agents download the model")

@@ -109,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="serve Prometheus /metrics on this port (default: off)",
     )
+    run.add_argument(
+        "--metrics-host",
+        default=None,
+        help="the address /metrics listens on (default: the host of --listen)",
+    )
     run.add_argument("--config", type=Path, default=None, help="TOML configuration file")
     run.add_argument(
         "--insecure",
@@ -247,6 +252,7 @@ def _run(args: argparse.Namespace) -> int:
         listen=args.listen,
         enroll_listen=args.enroll_listen,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host or _host_of(args.listen),
         db_url=args.db,
         insecure=args.insecure,
         server_names=tuple(args.server_name),
@@ -352,6 +358,12 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     else:
         print(f"migrated the database from {before or 'empty'} to {after} (head {head_revision()})")
     return 0
+
+
+def _host_of(address: str) -> str:
+    """The host of ``HOST:PORT`` (``[::1]:7070`` gives ``::1``)."""
+    host, _, _ = address.rpartition(":")
+    return host.strip("[]") or "0.0.0.0"
 
 
 if __name__ == "__main__":

@@ -61,6 +61,17 @@ def _sample(text: str, prefix: str) -> float:
     raise AssertionError(f"no sample {prefix!r} in /metrics")
 
 
+def _listening_on(port: int) -> set[str]:
+    """The IPv4 addresses with a socket listening on ``port`` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, _, hex_port = local.partition(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+    return found
+
+
 def test_metrics_after_a_round(tmp_path: Path) -> None:
     coordinator = Coordinator(tmp_path, FAST)
     coordinator.start()
@@ -81,6 +92,8 @@ def test_metrics_after_a_round(tmp_path: Path) -> None:
         coordinator.wait_for(lambda s: s["test_loss"] is not None)
         url = f"http://127.0.0.1:{coordinator.metrics_port}/metrics"
         text = urllib.request.urlopen(url, timeout=10).read().decode()
+        # --listen 127.0.0.1:PORT and no --metrics-host: /metrics listens on loopback only
+        assert _listening_on(coordinator.metrics_port) == {"127.0.0.1"}
     finally:
         coordinator.stop()
 

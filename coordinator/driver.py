@@ -174,15 +174,16 @@ class RoundDriver:
                 delay = fault_backoff(faults, self.rng)
                 state = self.active.state if self.active else None
                 self.listener.driver_fault(self.stage, state, exc, delay, faults)
-                self._set_serving(False)
+                self.set_serving(False)
                 await self.sleep(delay)
                 continue
             if faults:
                 self.listener.driver_recovered(faults)
                 faults = 0
-                self._set_serving(True)
+                self.set_serving(True)
 
-    def _set_serving(self, serving: bool) -> None:
+    def set_serving(self, serving: bool) -> None:
+        """Record whether the driver makes progress, and tell health (``on_health``)."""
         self.serving = serving
         if self.on_health is not None:
             self.on_health(serving)

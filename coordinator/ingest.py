@@ -117,16 +117,19 @@ class Ingest:
             try:
                 await asyncio.to_thread(self.store.mark_input_complete, active.round_id, secagg)
             except StoreError as exc:
-                # Memory and store agree (neither has the input summed): the agent retries,
-                # and ``progress`` asks it for the last chunk again, which completes it.
+                # The mark may have committed before the error: rebuild the round from the
+                # store, which knows. Until the input is summed, ``progress`` asks the agent
+                # for its last chunk again, whose arrival completes it.
                 if exc.code is not ErrorCode.WRONG_PHASE:
                     log.error(
                         "round %s: client %d's input is durable but could not be marked "
-                        "complete: %s",
+                        "complete (%s); the round is rebuilt from the store",
                         active.round_id,
                         participant.client_id,
                         exc,
                     )
+                    state.store_failed(exc.code)
+                    active.update_ready()
                 raise
             try:
                 await asyncio.to_thread(

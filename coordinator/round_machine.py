@@ -158,9 +158,7 @@ class RoundMachine:
         exc = task.exception()
         assert exc is not None
         self.listener.driver_died(self.driver.stage, exc)
-        self.driver.serving = False
-        if self.driver.on_health is not None:
-            self.driver.on_health(False)
+        self.driver.set_serving(False)
         if self.on_fatal is not None:
             self.on_fatal(exc)
 

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import numpy as np
+
 from coordinator.aggregation import Aggregation, PlainAggregation, SecureAggregation
 from coordinator.domain import (
     NEXT_PHASE,
@@ -325,8 +327,8 @@ class RoundState:
             messages=closed.messages,
         )
 
-    def _sums(self, ring_sum: object, survivors: int) -> RoundSums:
-        sums = decode_sum(self.settings.layout, ring_sum, num_clients=survivors)  # type: ignore[arg-type]
+    def _sums(self, ring_sum: np.ndarray, survivors: int) -> RoundSums:
+        sums = decode_sum(self.settings.layout, ring_sum, num_clients=survivors)
         return RoundSums(
             delta=sums[Segment.DELTA],
             second_moment=sums.get(Segment.SECOND_MOMENT),

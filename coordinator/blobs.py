@@ -30,8 +30,9 @@ before they touch a path, so nothing can escape the root. Errors are
 
 * ``INVALID_ARGUMENT``: a malformed sha256, round id, secagg id, offset or size;
 * ``NOT_FOUND``: no such blob, or spool bytes that were never written;
-* ``INTERNAL``: a blob whose bytes no longer hash to its name, or an operating-system
-  failure (disk full, permissions).
+* ``STORAGE_UNAVAILABLE``: an operating-system failure (disk full, read-only, permissions,
+  I/O), which may clear; callers see ``UNAVAILABLE`` and retry;
+* ``INTERNAL``: a blob whose bytes no longer hash to its name.
 
 All methods block on disk I/O; async callers run them in a worker thread.
 """
@@ -76,7 +77,7 @@ def _make_dir(path: Path) -> bool:
 
 
 def _os_error(what: str, exc: OSError) -> BlobError:
-    return BlobError(ErrorCode.INTERNAL, f"{what} failed: {exc}")
+    return BlobError(ErrorCode.STORAGE_UNAVAILABLE, f"{what} failed: {exc}")
 
 
 def _make_root(root: Path) -> None:

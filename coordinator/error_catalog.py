@@ -53,6 +53,11 @@ CATALOG: dict[ErrorCode, Entry] = {
     ErrorCode.STORE_UNAVAILABLE: Entry(
         _S.UNAVAILABLE, "the service is temporarily unavailable; retry", False
     ),
+    ErrorCode.STORAGE_UNAVAILABLE: Entry(
+        _S.UNAVAILABLE,
+        "the coordinator cannot store data now (its storage is full or failing); retry later",
+        False,
+    ),
     ErrorCode.INTERNAL: Entry(_S.INTERNAL, "internal error", False),
 }
 

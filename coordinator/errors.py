@@ -5,8 +5,9 @@
     CoordinatorError(code)
     ├── StoreError: the database refused or failed (NOT_FOUND, CONFLICT, STALE_ROUND,
     │               WRONG_PHASE, SCHEMA_OUTDATED, STORE_UNAVAILABLE, ...)
-    ├── BlobError:  the blob store or the spool could not read or write (INTERNAL): a full
-    │               or unwritable disk, which may clear
+    ├── BlobError:  the blob store or the spool could not read or write: a full, read-only
+    │               or failing disk (STORAGE_UNAVAILABLE, which may clear), or a blob whose
+    │               bytes no longer match its name (INTERNAL)
     └── (raised directly with a code by the service, enrollment, PKI and blob store)
 
 Every error carries a message for the operator's log (``str(error)``); what a remote caller
@@ -41,6 +42,7 @@ class ErrorCode(enum.StrEnum):
     # the service itself
     SCHEMA_OUTDATED = "schema_outdated"
     STORE_UNAVAILABLE = "store_unavailable"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
     INTERNAL = "internal"
 
 

@@ -12,7 +12,12 @@ S = grpc.StatusCode
 SECRET = "/var/lib/fedadamw/coordinator.db: disk I/O error at page 7"
 
 # Failures of the service itself: the caller learns that it failed, never how.
-INTERNAL_CODES = {ErrorCode.INTERNAL, ErrorCode.SCHEMA_OUTDATED, ErrorCode.STORE_UNAVAILABLE}
+INTERNAL_CODES = {
+    ErrorCode.INTERNAL,
+    ErrorCode.SCHEMA_OUTDATED,
+    ErrorCode.STORE_UNAVAILABLE,
+    ErrorCode.STORAGE_UNAVAILABLE,
+}
 # Who is calling and how fast: the public message alone, so that nothing helps a prober.
 OPAQUE_CODES = {
     ErrorCode.RATE_LIMITED,
@@ -41,6 +46,7 @@ EXPECTED_STATUS = {
     ErrorCode.PROTOCOL_VIOLATION: S.INVALID_ARGUMENT,
     ErrorCode.SCHEMA_OUTDATED: S.UNAVAILABLE,
     ErrorCode.STORE_UNAVAILABLE: S.UNAVAILABLE,
+    ErrorCode.STORAGE_UNAVAILABLE: S.UNAVAILABLE,
     ErrorCode.INTERNAL: S.INTERNAL,
 }
 

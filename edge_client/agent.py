@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_client import metrics as agent_metrics
 from edge_client.enrollment import AGENT_CHANNEL_OPTIONS, mutual_tls_channel
-from edge_client.retry import CHECK_IN, Retrier
+from edge_client.retry import CHECK_IN, MISCONFIGURED, Retrier, tls_failure
 from edge_client.session import Outcome, RoundResult, RoundSession, SessionError
 from edge_client.state import LastRound, StateDir
 from edge_client.training import LocalTraining
@@ -47,11 +47,63 @@ from wire import INSECURE_CLIENT_HEADER
 from wire.v1 import edge_pb2 as pb
 from wire.v1 import edge_pb2_grpc as pb_grpc
 
-__all__ = ["AGENT_VERSION", "Agent", "Limits"]
+__all__ = [
+    "AGENT_VERSION",
+    "EXIT_CONFIGURATION",
+    "EXIT_ENROLLMENT",
+    "EXIT_REVOKED",
+    "Agent",
+    "Limits",
+]
 
 log = logging.getLogger(__name__)
 
 AGENT_VERSION = "fedadamw-edge/0.1"
+
+# Exit codes for a failure that no retry mends; a supervisor should not restart on them.
+EXIT_CONFIGURATION = 2
+"""The coordinator serves something else (another task, another protocol), or the agent's
+own configuration or state directory is unusable."""
+EXIT_REVOKED = 3
+"""The coordinator revoked this agent."""
+EXIT_ENROLLMENT = 4
+"""The enrollment does not match the coordinator: it does not know this agent's certificate,
+or its certificate is not signed by the CA in the state directory."""
+
+
+def _permanent_failure(exc: grpc.aio.AioRpcError, coordinator: str) -> int | None:
+    """The exit code for a check-in failure that no retry mends, after logging the
+    coordinator's own message and what to do; None for a failure worth retrying."""
+    code, details = exc.code(), exc.details() or ""
+    if code in MISCONFIGURED:
+        log.error(
+            "the coordinator at %s refuses this agent's request (%s): %s; change the agent's "
+            "configuration (--task, the agent's version) and start it again",
+            coordinator,
+            code.name,
+            details,
+        )
+        return EXIT_CONFIGURATION
+    if code is grpc.StatusCode.PERMISSION_DENIED:
+        log.error(
+            "the coordinator at %s refuses this agent (%s): %s; enroll it again with a new "
+            "token if it should take part",
+            coordinator,
+            code.name,
+            details,
+        )
+        return EXIT_REVOKED
+    if code is grpc.StatusCode.UNAUTHENTICATED or tls_failure(exc):
+        log.error(
+            "the coordinator at %s and this agent's enrollment do not match (%s): %s; the "
+            "state directory belongs to another coordinator, or the coordinator's CA changed: "
+            "enroll again with a token and the CA certificate of this coordinator",
+            coordinator,
+            code.name,
+            details,
+        )
+        return EXIT_ENROLLMENT
+    return None
 
 
 @dataclass(frozen=True)
@@ -139,9 +191,9 @@ class Agent:
                         stub.CheckIn(request, metadata=metadata, timeout=40)
                     )
                 except grpc.aio.AioRpcError as exc:
-                    if not CHECK_IN.retries(exc.code()):
-                        log.error("the coordinator refuses this agent: %s", exc.details())
-                        return 3
+                    code = _permanent_failure(exc, info.coordinator)
+                    if code is not None:
+                        return code
                     self._connected(False)
                     await backoff.pause(exc)
                     continue

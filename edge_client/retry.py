@@ -46,12 +46,14 @@ __all__ = [
     "CHANNEL_OPTIONS",
     "CHECK_IN",
     "DOWNLOAD",
+    "MISCONFIGURED",
     "REFUSED",
     "ROUND",
     "TEMPORARY",
     "Retrier",
     "RetryPolicy",
     "call_with_retry",
+    "tls_failure",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,32 @@ REFUSED: frozenset[grpc.StatusCode] = frozenset(
     {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 )
 """The coordinator refuses this agent (no valid certificate, revoked): trying again won't help."""
+
+MISCONFIGURED: frozenset[grpc.StatusCode] = frozenset(
+    {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED}
+)
+"""The coordinator says this agent asks for what it does not serve (another task, another
+protocol): trying again won't help until the agent's configuration changes."""
+
+_TLS_FAILURES = (
+    "CERTIFICATE_VERIFY_FAILED",
+    "certificate verify failed",
+    "unknown ca",
+    "bad certificate",
+    "certificate unknown",
+    "WRONG_VERSION_NUMBER",
+)
+
+
+def tls_failure(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether ``exc`` is a TLS handshake that failed on a certificate (the coordinator's is
+    not signed by the CA this agent trusts, or it refuses this agent's): the channel says
+    UNAVAILABLE, but no retry will make the certificates match."""
+    if exc.code() is not grpc.StatusCode.UNAVAILABLE:
+        return False
+    details = exc.details() or ""
+    return any(marker.lower() in details.lower() for marker in _TLS_FAILURES)
+
 
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     # gRPC's own reconnection backoff (1 s, growing 1.6× to 120 s by default) hides a
@@ -147,10 +175,11 @@ CHECK_IN = RetryPolicy(
     cap=60.0,
     jitter=1.0,
     floor=0.1,
-    retryable=frozenset(grpc.StatusCode) - REFUSED - {grpc.StatusCode.OK},
+    retryable=frozenset(grpc.StatusCode) - REFUSED - MISCONFIGURED - {grpc.StatusCode.OK},
 )
 """The agent's check-in loop: full jitter from 1 s up to 60 s, forever, through every code
-but a refusal of the agent itself (the loop survives whatever the coordinator does)."""
+but a refusal of the agent itself or of its configuration (the loop survives whatever else
+the coordinator does: being away, restarting, overloaded, or failing inside)."""
 
 ROUND = RetryPolicy(base=0.3, cap=15.0, jitter=2 / 3)
 """A round's calls, its event stream and uploads: waits of 0.1–0.3 s doubling up to

@@ -191,8 +191,8 @@ class RoundSession:
         except SessionError as exc:
             level = logging.WARNING if exc.outcome is Outcome.REFUSED else logging.INFO
             log.log(level, "round %s: %s (%s)", self.round_id, exc.outcome.value, exc.reason)
-            if exc.outcome is Outcome.REFUSED and not self._left:
-                await self.leave("cancelled")
+            if exc.outcome in (Outcome.REFUSED, Outcome.ABORTED) and not self._left:
+                await self.leave("cancelled")  # so that the coordinator stops offering it
             return RoundResult(self.round_id, exc.outcome, reason=exc.reason)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
@@ -204,6 +204,8 @@ class RoundSession:
             log.info(
                 "round %s: %s after %s: %s", self.round_id, outcome.value, code.name, exc.details()
             )
+            if outcome is Outcome.ABORTED and not self._left:
+                await self.leave("cancelled")  # so that the coordinator stops offering it
             return RoundResult(self.round_id, outcome, reason=f"{code.name}: {exc.details()}")
         finally:
             self.state = None  # the round's keys die here
@@ -395,7 +397,7 @@ class RoundSession:
         self._left = True
         request = pb.AbortRoundRequest(round_id=self.round_id, phase=self.phase, reason=reason)
         try:
-            await self.stub.AbortRound(request, metadata=self.metadata, timeout=10)
+            await self.stub.AbortRound(request, metadata=self.metadata, timeout=5)
         except grpc.aio.AioRpcError as exc:
             log.info(
                 "round %s: could not tell the coordinator we left: %s",

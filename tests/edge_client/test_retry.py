@@ -139,10 +139,14 @@ def test_which_codes_each_policy_retries() -> None:
         assert not any(policy.retries(c) for c in PERMANENT)
         # a stopping coordinator ends calls with UNAVAILABLE; CANCELLED is our own doing
         assert not policy.retries(Code.CANCELLED)
-    # the check-in loop survives everything but a refusal of the agent itself
+    # the check-in loop survives everything but a refusal of the agent or its configuration
     assert not CHECK_IN.retries(Code.UNAUTHENTICATED)
     assert not CHECK_IN.retries(Code.PERMISSION_DENIED)
-    assert all(CHECK_IN.retries(c) for c in set(Code) - retry.REFUSED - {Code.OK})
+    assert not CHECK_IN.retries(Code.INVALID_ARGUMENT)  # another task
+    assert not CHECK_IN.retries(Code.UNIMPLEMENTED)
+    assert CHECK_IN.retries(Code.INTERNAL)
+    permanent = retry.REFUSED | retry.MISCONFIGURED | {Code.OK}
+    assert all(CHECK_IN.retries(c) for c in set(Code) - permanent)
 
 
 # --- the helper ------------------------------------------------------------------------

@@ -9,8 +9,17 @@
     export              write a model version as a torch state dict
     db upgrade          migrate the database to this version's schema
 
-Every command takes ``--data-dir`` (and ``--db`` for PostgreSQL). The admin commands read
-and write the database directly, so they work while the service runs and after it stops.
+Every command takes ``--data-dir`` (and ``--db`` for PostgreSQL). ``run`` records its
+database in the data directory (``DIR/database.json``, without the password); the admin
+commands read and write that database directly, so they work while the service runs and
+after it stops, and without ``--db`` (``coordinator.datadir``). Only ``run`` creates a data
+directory or a database.
+
+Exit codes: 0 done (``run``: stopped by SIGTERM or SIGINT); 1 the database could not be
+reached (``run``: within ``--db-wait`` at start-up), which a supervisor should retry; 2 a
+configuration or usage error (bad flags or TOML, not a data directory, a ``--db`` naming
+another database than the recorded one, an outdated schema, a missing client or version),
+which restarting does not cure; ``run`` also exits 3, 4 or 5 (``coordinator.server``).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -25,15 +35,31 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.config import CoordinatorConfig, load_config
-from coordinator.datadir import database_url, open_store, prepare_data_dir
+from coordinator.datadir import (
+    DEFAULT_DB_WAIT_S,
+    admin_database_url,
+    explain_unavailable,
+    open_store,
+    require_data_dir,
+    service_database_url,
+)
 from coordinator.domain import EnrollmentToken
-from coordinator.errors import CoordinatorError, ErrorCode
+from coordinator.errors import CoordinatorError, ErrorCode, StoreError
 from coordinator.logs import configure_logging
 from coordinator.status import export_version, format_status, status_report
+from coordinator.store import Store
 from coordinator.store.schema import current_revision, head_revision, upgrade
 from coordinator.tokens import DEFAULT_TTL, hash_token, new_token, parse_ttl
 
-__all__ = ["main"]
+__all__ = ["EXIT_CONFIGURATION", "EXIT_DATABASE_UNAVAILABLE", "main"]
+
+EXIT_DATABASE_UNAVAILABLE = 1
+"""The database could not be reached (by ``run``, not within ``--db-wait``): retry later."""
+
+EXIT_CONFIGURATION = 2
+"""Any other error: bad flags or settings, not a data directory, a mismatched ``--db``, an
+outdated schema, a missing client or version. Restarting does not cure it (argparse exits
+with 2 too)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args)
     except CoordinatorError as exc:
         print(f"fedadamw-coordinator: error: {exc}", file=sys.stderr)
-        return 2
+        if exc.code is ErrorCode.STORE_UNAVAILABLE:
+            return EXIT_DATABASE_UNAVAILABLE
+        return EXIT_CONFIGURATION
     except KeyboardInterrupt:
         return 130
     return code
@@ -57,7 +85,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db",
         default=None,
-        help="database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in --data-dir)",
+        help=(
+            "database URL, e.g. postgresql+psycopg://user@host/db (default: the database that "
+            "run recorded in DIR/database.json, without its password: give that in --db or "
+            "PGPASSWORD; run without a record: SQLite in --data-dir). Admin commands refuse "
+            "a --db that names another database than the recorded one"
+        ),
     )
     parser.add_argument(
         "--log-level",
@@ -89,9 +122,12 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Serve edge agents: over mutual TLS on --listen, enrollment on --enroll-listen "
             "(default: port + 1). The first start creates the data directory, its SQLite "
-            "database, a CA and a server certificate (DIR/tls/ca.pem is what agents trust). "
-            "Settings come from --config (TOML, see coordinator/config.py) and the flags below "
-            "override it."
+            "database (or the schema in an empty --db), a CA and a server certificate "
+            "(DIR/tls/ca.pem is what agents trust), and records the database in "
+            "DIR/database.json for the admin commands. Settings come from --config (TOML, "
+            "see coordinator/config.py) and the flags below override it. Exit codes: 0 "
+            "stopped, 1 database unreachable (--db-wait ran out), 2 configuration error, "
+            "3 standby timeout, 4 leader lock lost, 5 round driver died."
         ),
     )
     _common(run)
@@ -135,6 +171,17 @@ def _parser() -> argparse.ArgumentParser:
             "while another coordinator leads this data directory or database, wait as a "
             "standby (no ports, no rounds) at most SECONDS, then exit with code 3; 0: do not "
             "wait (default: wait forever)"
+        ),
+    )
+    run.add_argument(
+        "--db-wait",
+        type=float,
+        default=DEFAULT_DB_WAIT_S,
+        metavar="SECONDS",
+        help=(
+            "at start-up, retry a database that cannot be reached for at most SECONDS "
+            "(backoff, a WARNING per attempt), then exit with code 1 for the supervisor to "
+            f"restart; 0: try once (default: {DEFAULT_DB_WAIT_S:g})"
         ),
     )
     # These override the configuration file; what they show is its default.
@@ -247,16 +294,22 @@ def _run(args: argparse.Namespace) -> int:
     from coordinator.server import Coordinator, ServeOptions  # torch and gRPC: only to serve
 
     config = load_config(args.config, overrides)
+    if not (args.db_wait >= 0 and math.isfinite(args.db_wait)):
+        raise CoordinatorError(
+            ErrorCode.INVALID_ARGUMENT, f"--db-wait must be >= 0 seconds, got {args.db_wait:g}"
+        )
+    db_url = service_database_url(args.data_dir, args.db)
     options = ServeOptions(
         data_dir=args.data_dir,
         listen=args.listen,
         enroll_listen=args.enroll_listen,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host or _host_of(args.listen),
-        db_url=args.db,
+        db_url=db_url,
         insecure=args.insecure,
         server_names=tuple(args.server_name),
         standby_timeout=args.standby_timeout,
+        db_wait=args.db_wait,
     )
     if args.standby_timeout is not None and not args.standby_timeout >= 0:
         raise CoordinatorError(ErrorCode.INVALID_ARGUMENT, "--standby-timeout must be >= 0")
@@ -267,15 +320,17 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     # 0, or 3 (--standby-timeout ran out) or 4 (the leader lock was lost): coordinator/leader.py
-    return asyncio.run(Coordinator(config, options).run_until_signal())
+    try:
+        return asyncio.run(Coordinator(config, options).run_until_signal())
+    except StoreError as exc:
+        raise explain_unavailable(exc, db_url) from exc
 
 
 def _token_create(args: argparse.Namespace) -> int:
     ttl = parse_ttl(args.ttl) if args.ttl else DEFAULT_TTL
     if not 1 <= args.count <= 10_000:
         raise CoordinatorError(ErrorCode.INVALID_ARGUMENT, "--count must be 1 to 10000")
-    prepare_data_dir(args.data_dir)
-    store = open_store(args.data_dir, args.db, create=True)
+    store = _admin_store(args)
     tokens = [new_token() for _ in range(args.count)]
     now = datetime.now(UTC)
     try:
@@ -291,7 +346,7 @@ def _token_create(args: argparse.Namespace) -> int:
 
 
 def _clients_list(args: argparse.Namespace) -> int:
-    store = open_store(args.data_dir, args.db)
+    store = _admin_store(args)
     try:
         clients = store.list_clients()
     finally:
@@ -317,7 +372,7 @@ def _clients_list(args: argparse.Namespace) -> int:
 
 
 def _clients_revoke(args: argparse.Namespace) -> int:
-    store = open_store(args.data_dir, args.db)
+    store = _admin_store(args)
     try:
         client = store.revoke_client(args.client_id, now=datetime.now(UTC))
     finally:
@@ -327,7 +382,7 @@ def _clients_revoke(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    store = open_store(args.data_dir, args.db)
+    store = _admin_store(args)
     try:
         report = status_report(store, limit=args.limit)
     finally:
@@ -337,7 +392,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    store = open_store(args.data_dir, args.db)
+    require_data_dir(args.data_dir)  # the model's tensors are in DIR/blobs
+    store = _admin_store(args)
     try:
         version = export_version(
             store, data_dir=args.data_dir, version=args.version, task=args.task, out=args.out
@@ -349,15 +405,26 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
-    prepare_data_dir(args.data_dir)
-    url = database_url(args.data_dir, args.db)
-    before = current_revision(url)
-    after = upgrade(url)
+    url = admin_database_url(args.data_dir, args.db)  # an existing database, never a new one
+    try:
+        before = current_revision(url)
+        after = upgrade(url)
+    except StoreError as exc:
+        raise explain_unavailable(exc, url) from exc
     if before == after:
         print(f"the database is already at revision {after}")
     else:
         print(f"migrated the database from {before or 'empty'} to {after} (head {head_revision()})")
     return 0
+
+
+def _admin_store(args: argparse.Namespace) -> Store:
+    """The store of the database the data directory records (or ``--db``); creates nothing."""
+    url = admin_database_url(args.data_dir, args.db)
+    try:
+        return open_store(args.data_dir, url)
+    except StoreError as exc:
+        raise explain_unavailable(exc, url) from exc
 
 
 def _host_of(address: str) -> str:

@@ -7,6 +7,8 @@ The data directory (mode 0700) holds everything a coordinator keeps::
     DIR/spool/           masked inputs of the open round, until it ends
     DIR/tls/             the CA and the server certificate (made on first start)
     DIR/leader.lock      held by the leader (coordinator/leader.py), holder as JSON
+    DIR/database.json    which database the service uses, without its password (written on
+                         each start, read by the admin commands: coordinator/datadir.py)
 
 Two listeners: ``listen`` serves agents over mutual TLS; ``enroll_listen`` serves only
 enrollment, over server-authenticated TLS, because an agent has no certificate before it
@@ -37,7 +39,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from coordinator.auth import Authenticator
 from coordinator.blobs import BlobStore, InputSpool
 from coordinator.config import CoordinatorConfig
-from coordinator.datadir import open_store, prepare_data_dir
+from coordinator.datadir import (
+    DEFAULT_DB_WAIT_S,
+    open_store,
+    prepare_data_dir,
+    record_database,
+    while_unreachable,
+)
 from coordinator.errors import CoordinatorError, ErrorCode
 from coordinator.leader import EXIT_LEADER_LOST, LeaderLock, LeadershipError
 from coordinator.metrics import Metrics
@@ -71,6 +79,7 @@ class ServeOptions:
     insecure: bool = False
     server_names: tuple[str, ...] = ()
     standby_timeout: float | None = None  # seconds to wait as a standby; None: forever
+    db_wait: float = DEFAULT_DB_WAIT_S  # seconds to retry an unreachable database at start-up
 
 
 def _bind(add_port: Callable[..., int], address: str, *credentials: object) -> int:
@@ -128,18 +137,28 @@ class Coordinator:
     async def become_leader(self) -> None:
         """Return once this process holds the leader lock, waiting as a standby meanwhile.
 
-        Raises ``StandbyTimeoutError`` after ``options.standby_timeout`` seconds.
+        Raises ``StandbyTimeoutError`` after ``options.standby_timeout`` seconds, and
+        ``STORE_UNAVAILABLE`` if PostgreSQL cannot be reached within ``options.db_wait``.
         """
         if self.leader is None:
             self.leader = LeaderLock(prepare_data_dir(self.options.data_dir), self.options.db_url)
-        await self.leader.acquire(timeout=self.options.standby_timeout)
+        leader = self.leader
+        await while_unreachable(
+            lambda: leader.acquire(timeout=self.options.standby_timeout),
+            wait=self.options.db_wait,
+        )
 
     async def start(self) -> None:
         options, config = self.options, self.config
         data_dir = prepare_data_dir(options.data_dir)
         task, algorithm = self._task_and_algorithm()
         await self.become_leader()  # before the store, the directory's files and the ports
-        self.store = await asyncio.to_thread(open_store, data_dir, options.db_url, create=True)
+        # A database still starting (a boot, a failover) is waited for: architecture.md §5.
+        self.store = await while_unreachable(
+            lambda: asyncio.to_thread(open_store, data_dir, options.db_url, create=True),
+            wait=options.db_wait,
+        )
+        await asyncio.to_thread(record_database, data_dir, options.db_url)
         blobs = BlobStore(data_dir / "blobs")
         await asyncio.to_thread(blobs.sweep_temporary)
         spool = InputSpool(data_dir / "spool")

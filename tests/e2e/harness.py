@@ -444,3 +444,16 @@ def enrolled_agents(coordinator: Coordinator, root: Path, count: int) -> list[Ag
         if result.returncode != 0:
             raise RuntimeError(f"enrollment failed: {result.stderr}")
     return agents
+
+
+def postgres_schema_or_skip(schema: str) -> str:
+    """``postgres_url_for_schema(schema)``; the test is skipped when PostgreSQL cannot be
+    reached, and fails instead when ``CI=true`` (CI must run the PostgreSQL tests)."""
+    import pytest
+
+    try:
+        return postgres_url_for_schema(schema)
+    except Exception as exc:  # psycopg raises OperationalError subclasses
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required in CI and cannot be reached: {exc}")
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 cannot be reached: {exc}")

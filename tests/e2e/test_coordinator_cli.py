@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from coordinator.round_settings import RoundSettings
+from coordinator.store.schema import upgrade
+from coordinator.store.sql import default_sqlite_url
 from edge_client.session import Outcome
 from fedadamw.tasks.models import DigitsCNN
 
@@ -121,11 +123,8 @@ def test_db_upgrade_is_idempotent(ran: Coordinator) -> None:
 
 def test_run_refuses_a_schema_it_does_not_know(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    subprocess.run(
-        [str(BIN / "fedadamw-coordinator"), "db", "upgrade", "--data-dir", str(data)],
-        check=True,
-        capture_output=True,
-    )
+    data.mkdir(mode=0o700)
+    upgrade(default_sqlite_url(data))  # `db upgrade` migrates a database; it creates none
     with sqlite3.connect(data / "coordinator.db") as db:
         db.execute("UPDATE alembic_version SET version_num = '29990101_0099'")
     result = subprocess.run(

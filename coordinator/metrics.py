@@ -112,6 +112,18 @@ class Metrics:
             "error), else 0; the health service says NOT_SERVING meanwhile.",
             registry=r,
         )
+        self.dependency_failing = Gauge(
+            "fedadamw_dependency_failing",
+            "1 while requests are refused because a dependency (database, storage) fails, else 0.",
+            ["dependency"],
+            registry=r,
+        )
+        self.dependency_refusals = Counter(
+            "fedadamw_dependency_refusals_total",
+            "Requests refused with UNAVAILABLE because a dependency (database, storage) failed.",
+            ["dependency"],
+            registry=r,
+        )
         self.unmask_seconds = Histogram(
             "fedadamw_secagg_unmask_duration_seconds",
             "Time to remove the masks and finish a round's sum.",

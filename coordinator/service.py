@@ -29,6 +29,7 @@ from coordinator.domain import AuditEvent, Participant
 from coordinator.error_catalog import status_for
 from coordinator.errors import CoordinatorError, ErrorCode
 from coordinator.metrics import Metrics
+from coordinator.outages import Outages
 from coordinator.replay import AgentRecord, ShareBatch
 from coordinator.round_machine import Assignment, Parse, RoundMachine, UploadProgress
 from coordinator.round_state import RoundState
@@ -218,10 +219,13 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
         self.metrics = metrics
         self.checkin_wait = checkin_wait
         self._uploads = asyncio.Semaphore(concurrent_uploads)
+        self.outages = Outages(metrics)
 
     # --- plumbing -----------------------------------------------------------------------
 
     def _count(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        if code is grpc.StatusCode.OK:
+            self.outages.succeeded(method)
         self.metrics.requests.labels(method, code.name).inc()
         self.metrics.request_seconds.labels(method).observe(time.perf_counter() - started)
 
@@ -230,7 +234,12 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
     ) -> NoReturn:
         """Log and count the refusal, then end the call with its status (``abort`` raises)."""
         status, message = status_for(error)
-        level = logging.ERROR if status is grpc.StatusCode.INTERNAL else logging.INFO
+        if self.outages.refused(method, error):
+            level = logging.DEBUG  # the outage is logged once each way, not per request
+        elif status is grpc.StatusCode.INTERNAL:
+            level = logging.ERROR
+        else:
+            level = logging.INFO
         log.log(level, "%s refused (%s): %s", method, error.code.value, error.message)
         self._count(method, status, started)
         await context.abort(status, message)

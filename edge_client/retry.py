@@ -53,6 +53,7 @@ __all__ = [
     "Retrier",
     "RetryPolicy",
     "call_with_retry",
+    "stream_ended_early",
     "tls_failure",
 ]
 
@@ -100,6 +101,20 @@ def tls_failure(exc: grpc.aio.AioRpcError) -> bool:
         return False
     details = exc.details() or ""
     return any(marker.lower() in details.lower() for marker in _TLS_FAILURES)
+
+
+def stream_ended_early(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether ``exc`` is grpc.aio's report of a request stream that the coordinator ended
+    (with a status of its own) while this agent was still writing to it.
+
+    When the server answers a client-streaming call before the client has half-closed it,
+    a write that races the answer fails, and grpc.aio then reports ``INTERNAL: Internal
+    error from Core`` in place of the server's status, which is lost. What the server said
+    can be learnt again with a stream of one message, closed at once (``upload_vector``).
+    """
+    return exc.code() is grpc.StatusCode.INTERNAL and "Internal error from Core" in (
+        exc.details() or ""
+    )
 
 
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
@@ -237,10 +252,13 @@ class Retrier:
             return None
         return delay
 
-    async def pause(self, exc: grpc.aio.AioRpcError) -> None:
-        """Sleep before the next attempt, or raise ``exc`` if it is not to be retried."""
+    async def pause(
+        self, exc: grpc.aio.AioRpcError, *, as_code: grpc.StatusCode | None = None
+    ) -> None:
+        """Sleep before the next attempt, or raise ``exc`` if it is not to be retried
+        (judged as ``as_code`` where given, else by its own code)."""
         code = exc.code()
-        delay = self.next_delay(code)
+        delay = self.next_delay(as_code or code)
         if delay is None:
             raise exc
         log.log(

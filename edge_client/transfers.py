@@ -7,6 +7,9 @@
 - ``upload_vector`` sends a masked vector in chunks of ``chunk_elements`` ring elements. It
   asks the coordinator which chunks are durable (``GetUploadStatus``) and sends only the
   others, again after every failure, until the coordinator says the input is complete.
+  A stream the coordinator ended early (it refused a chunk) is followed by a stream of one
+  chunk, whose refusal, if it comes again, arrives with its code and message
+  (``edge_client.retry.stream_ended_early``) and is retried or raised as that code says.
 
 Both retry through the session's ``Retrier`` (``edge_client.retry``) and raise
 ``SessionError`` for what no retry can mend.
@@ -22,7 +25,7 @@ import grpc
 import numpy as np
 
 from edge_client.outcome import SessionError
-from edge_client.retry import Retrier
+from edge_client.retry import Retrier, stream_ended_early
 from wire import DOWNLOAD_CHUNK_BYTES
 from wire.v1 import edge_pb2 as pb
 from wire.v1 import edge_pb2_grpc as pb_grpc
@@ -97,6 +100,7 @@ async def upload_vector(
     data = memoryview(little.data).cast("B")  # chunks are cut from it without a whole copy
     chunk_bytes = chunk_elements * vector.dtype.itemsize
     total = total_chunks
+    probe = False  # send one chunk only: the stream before ended early, its status lost
     while True:
         try:
             status = await stub.GetUploadStatus(status_request(), metadata=metadata)
@@ -105,6 +109,8 @@ async def upload_vector(
                 return
             done = set(status.received_chunks)
             missing = [i for i in range(total) if i not in done]
+            if probe:
+                missing = missing[:1]
 
             async def chunks(
                 missing: list[int] = missing, done: set[int] = done
@@ -123,5 +129,14 @@ async def upload_vector(
             status = await stub.UploadMaskedInput(chunks(), metadata=metadata)
             if status.complete:
                 return
+            probe = False
         except grpc.aio.AioRpcError as exc:
-            await retrier.pause(exc)
+            if not stream_ended_early(exc):
+                await retrier.pause(exc)
+            elif not probe:
+                # The coordinator refused a chunk mid-stream and its status was lost: ask
+                # again with a stream of one chunk, which ends before the answer can race
+                # it, so that a refusal comes back with its own code and message.
+                probe = True
+            else:
+                await retrier.pause(exc, as_code=grpc.StatusCode.UNAVAILABLE)

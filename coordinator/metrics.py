@@ -83,6 +83,16 @@ class Metrics:
             "Enrolled clients that called in the last 60 seconds.",
             registry=r,
         )
+        self.waiting_clients = Gauge(
+            "fedadamw_selection_waiting_clients",
+            "Agents of the task waiting in check-in for the next round to select them.",
+            registry=r,
+        )
+        self.selection_waiting_seconds = Gauge(
+            "fedadamw_selection_waiting_seconds",
+            "How long the next round has waited for enough agents to start (0 once it starts).",
+            registry=r,
+        )
         self.enrolled = Gauge(
             "fedadamw_enrolled_clients", "Enrolled clients that are not revoked.", registry=r
         )
@@ -147,6 +157,17 @@ class Metrics:
         )
         self.model_version = Gauge(
             "fedadamw_model_version", "The latest committed model version.", registry=r
+        )
+        self.retained_versions = Gauge(
+            "fedadamw_retained_model_versions",
+            "Model versions whose blobs the retention policy keeps (the newest ones, pinned "
+            "ones and the open round's).",
+            registry=r,
+        )
+        self.blob_store_bytes = Gauge(
+            "fedadamw_blob_store_bytes",
+            "Bytes of the blobs in the blob store after the last retention pass.",
+            registry=r,
         )
         self.test_loss = Gauge(
             "fedadamw_global_test_loss",

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 CONNECTED_WINDOW = 60.0  # seconds since a client's last call for it to count as connected
 GAUGE_INTERVAL = 5.0
+NOT_STARTING_INTERVAL = 60.0  # seconds between two log lines saying why no round starts
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class WaitingRoom:
         self._changed = asyncio.Event()
         self._seen: dict[int, float] = {}
         self._store_failing = False
+        self.not_starting: str | None = None  # why no round starts, once it has waited long
 
     def seen(self, client_id: int) -> None:
         self._seen[client_id] = self.monotonic()
@@ -95,8 +97,12 @@ class WaitingRoom:
                 del self._waiting[client.client_id]
 
     async def select(self) -> list[int]:
-        """Wait for enough agents (see the module docstring); the chosen client ids."""
+        """Wait for enough agents (see the module docstring); the chosen client ids.
+
+        While it waits, the gauges say how many agents wait and for how long, and every
+        ``NOT_STARTING_INTERVAL`` seconds the log says why no round starts."""
         first = None
+        started = reminded = self.monotonic()
         while True:
             waiting = [c for c, f in self._waiting.items() if not f.done()]
             if len(waiting) >= self.config.min_clients:
@@ -112,11 +118,34 @@ class WaitingRoom:
                 and now - first >= self.config.deadlines.selection
             ):
                 break
+            self.metrics.waiting_clients.set(len(waiting))
+            self.metrics.selection_waiting_seconds.set(now - started)
+            if now - reminded >= NOT_STARTING_INTERVAL:
+                reminded = now
+                self.not_starting = self._why_not_starting(len(waiting), now - started)
+                log.warning("no round is starting: %s", self.not_starting)
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await self._changed.wait()
+        self.metrics.waiting_clients.set(len(waiting))
+        self.metrics.selection_waiting_seconds.set(0)
+        self.not_starting = None
         return self.rng.sample(waiting, min(len(waiting), self.config.selected))
+
+    def _why_not_starting(self, waiting: int, seconds: float) -> str:
+        config = self.config
+        return (
+            f"{waiting} agent{'' if waiting == 1 else 's'} of task {config.task!r} waiting "
+            f"for {seconds:.0f}s; a round starts with cohort = {config.cohort} of them, or with "
+            f"min_clients = {config.min_clients} after the selection deadline of "
+            f"{config.deadlines.selection:g}s ({self._connected_now()} agents called in the "
+            f"last {CONNECTED_WINDOW:.0f}s)"
+        )
+
+    def _connected_now(self) -> int:
+        now = self.monotonic()
+        return sum(1 for t in self._seen.values() if now - t < CONNECTED_WINDOW)
 
     async def _not_revoked(self, waiting: list[int]) -> list[int]:
         """Drop revoked clients from the waiting ones (revoked while they waited)."""
@@ -150,10 +179,7 @@ class WaitingRoom:
     async def keep_gauges(self) -> None:
         """Update the fleet gauges every few seconds, until cancelled."""
         while True:
-            now = self.monotonic()
-            self.metrics.connected.set(
-                sum(1 for t in self._seen.values() if now - t < CONNECTED_WINDOW)
-            )
+            self.metrics.connected.set(self._connected_now())
             await self._count_enrolled()
             await asyncio.sleep(GAUGE_INTERVAL)
 

@@ -226,7 +226,8 @@ def admin_database_url(data_dir: Path, db_url: str | None) -> str:
                 ErrorCode.INVALID_ARGUMENT,
                 f"--db names {shown_url(db_url)}, but the data directory {data_dir} records "
                 f"{shown_url(recorded)} as its service's database; pass the service's --db, "
-                "or leave --db out to use the recorded one",
+                "or leave --db out to use the recorded one (to move the service to the other "
+                f"database, remove {data_dir / RECORD_FILE}: `run` records the one it uses)",
             )
         url = db_url
     elif recorded is not None:
@@ -275,6 +276,7 @@ async def while_unreachable(
     wait: float,
     clock: Callable[[], float] = time.monotonic,
     jitter: Callable[[], float] = random.random,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> T:
     """``await attempt()``, tried again while it raises ``STORE_UNAVAILABLE``, for at most
     ``wait`` seconds (0: once).
@@ -283,7 +285,8 @@ async def while_unreachable(
     [0.5, 1) so that coordinators restarted together do not retry in step, and never past
     the deadline; each attempt that fails logs a WARNING with the reason and the pause.
     When ``wait`` runs out, raises ``STORE_UNAVAILABLE`` with the last reason and the time
-    waited. Any other error propagates at once.
+    waited. Any other error propagates at once. ``clock``, ``jitter`` (in [0, 1)) and
+    ``sleep`` are for tests.
     """
     started = clock()
     delay = _FIRST_RETRY_S
@@ -311,5 +314,5 @@ async def while_unreachable(
                 pause,
                 wait,
             )
-            await asyncio.sleep(pause)
+            await sleep(pause)
             delay = min(delay * 2, _MAX_RETRY_S)

@@ -110,6 +110,17 @@ UpdateFn = Callable[[RoundInputs], Mapping[str, np.ndarray]]
 layout has it) and ``weight``."""
 
 
+def _from_coordinator(what: str, parse: Callable[[Any], T], text: str) -> T:
+    """``parse`` of the JSON ``text`` the coordinator sent; a refusal of the round (not a
+    crash of the agent) when it is not JSON or not a valid ``what``."""
+    try:
+        return parse(json.loads(text))
+    except (ValueError, SecAggError) as exc:
+        raise SessionError(
+            Outcome.REFUSED, f"the coordinator sent an unreadable {what}: {exc}"
+        ) from exc
+
+
 class RoundSession:
     """Drives one assigned round. Create one per assignment; ``run`` once."""
 
@@ -234,11 +245,17 @@ class RoundSession:
             self.deadline = time.monotonic() + max(5.0, last - time.time()) + 30.0
         if self.check_config is not None:
             self.check_config(config)
-        layout = SegmentLayout.from_dict(json.loads(config.quantization_json))
+        layout = _from_coordinator(
+            "quantization layout", SegmentLayout.from_dict, config.quantization_json
+        )
         downloads = asyncio.ensure_future(self._download_all(config))
         try:
             if config.secure_aggregation:
-                session = SessionConfig.from_dict(json.loads(config.secagg_session_json))
+                session = _from_coordinator(
+                    "secure-aggregation session",
+                    SessionConfig.from_dict,
+                    config.secagg_session_json,
+                )
                 if session.round_id != self.round_id:
                     raise SessionError(Outcome.REFUSED, "the session names another round")
                 with self._timed("keys"):
@@ -412,6 +429,11 @@ class RoundSession:
                 values = dict(self.compute(inputs))
             with self._timed("quantize"):
                 encoded = encode(layout, values)
+        except SecAggError as exc:  # the coordinator's layout: not this task's update
+            raise SessionError(
+                Outcome.REFUSED,
+                f"the round's quantization layout does not fit this task's update: {exc}",
+            ) from exc
         except EdgeError as exc:  # this agent's limits, or its shutdown: leave the round
             raise SessionError(
                 Outcome.REFUSED, f"the update was not computed ({exc.code.value}): {exc.message}"

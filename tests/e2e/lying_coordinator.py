@@ -23,6 +23,9 @@ before the server is built) by ``LyingEdgeService``, a subclass of the honest
     send to ``Unmask`` is recorded and acknowledged, never passed on.
 ``overlap``
     The consistency check lists ``--about`` both alive and dead.
+``layout``
+    ``GetRoundConfig`` carries a quantization layout whose segments the task does not
+    produce (the update's ``delta`` renamed), so the agent's update cannot be encoded.
 
 Each lie told and each answer to it is appended to ``--record`` (default
 ``DATA_DIR/lies.jsonl``) as one JSON object per line, with ``round_id``, ``lie``,
@@ -53,7 +56,7 @@ __all__ = ["LIES", "LyingEdgeService", "main"]
 
 log = logging.getLogger("lying_coordinator")
 
-LIES = ("threshold", "split", "overlap")
+LIES = ("threshold", "split", "overlap", "layout")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -129,6 +132,15 @@ class LyingEdgeService(EdgeService):
             lie.record(
                 config.round_id, config.secagg_id, "told", honest=honest, threshold=lie.threshold
             )
+        if lie.name == "layout" and config.secagg_id in lie.targets:
+            layout = json.loads(config.quantization_json)
+            renamed = {"delta": "not_this_tasks_delta"}
+            for segment in layout["segments"]:
+                segment["name"] = renamed.get(segment["name"], segment["name"])
+                counted = segment.get("counts_clips_of", [])
+                segment["counts_clips_of"] = [renamed.get(n, n) for n in counted]
+            config.quantization_json = _canonical(layout)
+            lie.record(config.round_id, config.secagg_id, "told")
         return config
 
     async def WatchRound(  # noqa: N802

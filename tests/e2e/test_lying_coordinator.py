@@ -341,3 +341,40 @@ def test_overlapping_alive_and_dead_lists_reveal_nothing(tmp_path: Path) -> None
     assert first.survivors == 4
     assert latest is not None
     assert latest.version == 1
+
+
+def test_a_layout_that_does_not_fit_the_task_is_refused_and_the_agent_keeps_running(
+    tmp_path: Path,
+) -> None:
+    # Found by fuzzing the agent's inputs: a layout naming segments the task does not
+    # produce made the update's encoding raise out of the round, and the agent died of it.
+    coordinator = LyingCoordinator(
+        tmp_path, merged(SETTINGS, cohort=4, min_clients=3), ["--lie", "layout", "--to", "1"]
+    )
+    coordinator.start()
+    try:
+        agents = _agents(coordinator, tmp_path, 4)
+        for agent in agents:
+            agent.start()
+        first = _first_round(coordinator)
+        alive = [agent.running for agent in agents]
+        store = coordinator.store()
+        try:
+            cohort = _by_secagg(store, first.round_id, agents)
+        finally:
+            store.close()
+    finally:
+        with ThreadPoolExecutor(4) as pool:
+            codes = list(pool.map(AgentProcess.stop, agents))
+        coordinator.stop()
+    rid = first.round_id
+    assert [(e["secagg_id"], e["event"]) for e in coordinator.lies(rid)] == [(1, "told")]
+    assert alive == [True] * 4
+    assert codes == [0] * 4
+    participant, lied_to = cohort[1]
+    assert participant.status is ParticipantStatus.DROPPED
+    log = lied_to.log()
+    assert f"round {rid}: refused (the round's quantization layout does not fit" in log, log[-3000:]
+    assert "Traceback" not in log
+    assert first.outcome is RoundOutcome.COMMITTED
+    assert first.survivors == 3

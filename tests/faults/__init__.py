@@ -1,0 +1,1 @@
+"""Fault-injection tests: real coordinator and agent processes under injected failures."""

@@ -610,16 +610,18 @@ def test_latency_each_way_and_a_slow_link_rounds_commit(net: Net) -> None:
 
 
 def test_resets_and_stalls_during_the_upload_resume_from_acknowledged_chunks(net: Net) -> None:
-    """While they upload their masked inputs, agent 0's connection is reset after every
-    128 KiB it sends (more than half its input: from scratch each time, it would never
-    get through) and agent 1's stalls 0.5 s every 48 KiB and is reset at random (5 % a
-    chunk). Both resume from the chunks the coordinator acknowledged: the round commits the
-    exact mean, every chunk is received once, and neither sends twice its input."""
+    """While they upload their masked inputs: agent 0's connection is reset after every
+    128 KiB it sends (4 times); agent 1's stalls 0.5 s every 48 KiB it sends and is reset at
+    random (5 % a chunk); agent 2's is reset in the other direction, losing what the
+    coordinator answered (3 times). Each resumes from the chunks the coordinator says are
+    durable: the round commits the exact mean, every chunk is received once, nobody resends
+    an acknowledged chunk, and nobody sends many times its input."""
     losses = {
         0: Loss(direction="up", reset_every_bytes=128 * 1024, max_resets=4),
         1: Loss(
             direction="up", stall_every_bytes=48 * 1024, stall_seconds=0.5, reset_rate=0.05, seed=3
         ),
+        2: Loss(direction="down", reset_every_bytes=400, max_resets=3),
     }
 
     def arm(i: int) -> dict[str, Any]:
@@ -631,11 +633,12 @@ def test_resets_and_stalls_during_the_upload_resume_from_acknowledged_chunks(net
         }
 
     mark = Mark.now(net)
+    before = [p.stats() for p in net.proxies]
 
     async def scenario() -> tuple[list[RoundResult], list[RoundSession], list[Update]]:
         async with net.agents() as agents:
             updates = [Update(10 + i) for i in range(COHORT)]
-            results, sessions = await one_round(agents, updates, {0: arm(0), 1: arm(1)})
+            results, sessions = await one_round(agents, updates, {i: arm(i) for i in losses})
         return results, sessions, updates
 
     results, sessions, updates = asyncio.run(scenario())
@@ -643,13 +646,17 @@ def test_resets_and_stalls_during_the_upload_resume_from_acknowledged_chunks(net
     [round_] = since(net, mark, [updates])
     assert (round_["outcome"], round_["survivors"], round_["dropouts"]) == ("committed", 5, {})
     values = net.assert_healthy()
-    stats = [p.stats() for p in net.proxies[:2]]
-    faulted = [s for s in sessions[:2] if isinstance(s, FaultSession)]
-    assert len(faulted) == 2
+    resets = [
+        p.stats().loss_resets - b.loss_resets for p, b in zip(net.proxies, before, strict=True)
+    ]
+    stalls = net.proxies[1].stats().stalls - before[1].stalls
+    faulted = [s for s in sessions if isinstance(s, FaultSession)]
+    assert len(faulted) == len(losses)
     vector = faulted[0].vector_bytes
     assert vector > 128 * 1024
-    assert stats[0].loss_resets >= 2, stats[0]  # the faults happened
-    assert stats[1].stalls >= 2, stats[1]
+    assert resets[0] >= 2, resets  # the faults happened
+    assert resets[2] >= 1, resets
+    assert stalls >= 2, stalls
     for session in faulted:
         streams = session.recorder.streams
         chunks = sorted({i for stream in streams for i in stream})
@@ -667,24 +674,15 @@ def test_resets_and_stalls_during_the_upload_resume_from_acknowledged_chunks(net
     received = delta(values, mark.metrics, "fedadamw_received_bytes_total", kind="masked_input")
     assert received == COHORT * vector
     starts = [[stream[0] for stream in s.recorder.streams if stream] for s in faulted]
-    OBSERVED.append(
-        Row(
-            "reset every 128 KiB up",
-            "masked_input",
-            "committed 5/5",
-            f"{stats[0].loss_resets} resets; its streams started at chunks {starts[0]} "
-            f"(of {len(chunks)}); sent {faulted[0].uploaded_bytes / vector:.2f}x the input",
-        )
-    )
-    OBSERVED.append(
-        Row(
-            "0.5 s stall every 48 KiB up, 5 % resets",
-            "masked_input",
-            "committed 5/5",
-            f"{stats[1].stalls} stalls, {stats[1].loss_resets} resets; streams at chunks "
-            f"{starts[1]}; sent {faulted[1].uploaded_bytes / vector:.2f}x the input",
-        )
-    )
+    sent = [s.uploaded_bytes / vector for s in faulted]
+    cases = [
+        ("reset every 128 KiB up", f"{resets[0]} resets"),
+        ("0.5 s stall every 48 KiB up, 5 % resets", f"{stalls} stalls, {resets[1]} resets"),
+        ("reset every 400 B down (answers lost)", f"{resets[2]} resets"),
+    ]
+    for (fault, what), first, ratio in zip(cases, starts, sent, strict=True):
+        detail = f"{what}; streams started at chunks {first} of {len(chunks)}; sent {ratio:.2f}x"
+        OBSERVED.append(Row(fault, "masked_input", "committed 5/5", detail))
 
 
 SHORT_CUT = 2.0  # seconds; well inside every phase deadline of SETTLED
@@ -692,11 +690,17 @@ SHORT_CUT = 2.0  # seconds; well inside every phase deadline of SETTLED
 
 def test_a_short_cut_in_each_phase_is_ridden_out(net: Net) -> None:
     """Agent 0's link is cut (live connections reset, new ones refused) for 2 s right
-    before it sends its message for each phase in turn, one round per phase. It reconnects,
-    sends the message after the heal, stays in, and every round commits with all five."""
+    before it sends its message for each phase in turn, one round per phase; then, in one
+    more round, every agent's link at once as agent 0 starts its upload (the coordinator's
+    network goes away). They reconnect, send their messages after the heal, stay in, and
+    every round commits with all five."""
     proxy = net.proxies[0]
     mark = Mark.now(net)
-    before = proxy.stats()
+    before = [p.stats() for p in net.proxies]
+
+    def cut_all() -> None:
+        for each in net.proxies:
+            each.cut_for(SHORT_CUT)
 
     async def scenario() -> tuple[list[list[Update]], list[RoundSession]]:
         contributions, faulted = [], []
@@ -708,6 +712,12 @@ def test_a_short_cut_in_each_phase_is_ridden_out(net: Net) -> None:
                 assert outcomes(results) == [Outcome.COMMITTED] * COHORT, (name, results)
                 faulted.append(sessions[0])
                 contributions.append(updates)
+            updates = [Update(900 + i) for i in range(COHORT)]
+            fault = {"phase": pb.PHASE_MASKED_INPUT, "before": cut_all}
+            results, sessions = await one_round(agents, updates, {0: fault})
+            assert outcomes(results) == [Outcome.COMMITTED] * COHORT, ("all cut", results)
+            faulted.append(sessions[0])
+            contributions.append(updates)
         return contributions, faulted
 
     contributions, faulted = asyncio.run(scenario())
@@ -715,11 +725,19 @@ def test_a_short_cut_in_each_phase_is_ridden_out(net: Net) -> None:
     net.assert_healthy()
     assert [(r["outcome"], r["survivors"], r["dropouts"]) for r in rounds] == [
         ("committed", COHORT, {})
-    ] * len(PHASES)
+    ] * (len(PHASES) + 1)
     stats = proxy.stats()
-    assert stats.cut_resets - before.cut_resets >= len(PHASES) - 1, stats
-    assert stats.refused > before.refused, stats  # it tried while cut, and was refused
-    for (_, name), session in zip(PHASES, faulted, strict=True):
+    assert stats.cut_resets - before[0].cut_resets >= len(PHASES), stats
+    assert stats.refused > before[0].refused, stats  # it tried while cut, and was refused
+    # in the last round every link was cut with its connection live, and came back
+    for other, then in zip(net.proxies[1:], before[1:], strict=True):
+        assert other.stats().cut_resets == then.cut_resets + 1, other.stats()
+        assert other.stats().connections > then.connections + 1, other.stats()
+    names = [name for _, name in PHASES] + ["masked_input"]
+    faults = [f"cut {SHORT_CUT:.0f} s (< deadline)"] * len(PHASES) + [
+        f"all five links cut {SHORT_CUT:.0f} s"
+    ]
+    for name, fault, session in zip(names, faults, faulted, strict=True):
         assert isinstance(session, FaultSession)
         assert session.fired_at is not None, name
         assert session.sent_at is not None, name
@@ -727,10 +745,10 @@ def test_a_short_cut_in_each_phase_is_ridden_out(net: Net) -> None:
         assert took >= SHORT_CUT, (name, took)  # the message went through after the heal
         OBSERVED.append(
             Row(
-                f"cut {SHORT_CUT:.0f} s (< deadline)",
+                fault,
                 name,
                 "committed 5/5",
-                f"its message went through {took:.1f} s after the cut",
+                f"agent 0's message went through {took:.1f} s after the cut",
             )
         )
 

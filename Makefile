@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGES := fedadamw secure_agg coordinator edge_client
 
-.PHONY: demo test bench lint format venv clean
+.PHONY: demo test bench soak lint format venv clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks
+
+# 200 rounds on PostgreSQL with agents killed and the coordinator restarted; see
+# tests/benchmarks/soak.py. Writes runs/soak/soak.png and prints whether each resource stays flat.
+soak: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.soak
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

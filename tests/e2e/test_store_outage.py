@@ -252,7 +252,12 @@ def test_store_connections_lost_across_a_phase_close_stall_loudly_then_resume(
     survives (a pooler restart, a network blip towards the database)."""
     url, relay = relayed_postgres
     coordinator, updates = _scenario(tmp_path, url, relay, whole_database=False)
-    assert "round driver: recovered after" in coordinator.log()
+    log = coordinator.log()
+    assert "round driver: recovered after" in log
+    # the requests refused meanwhile: one WARNING when it began, one when it ended
+    assert log.count("WARNING coordinator.outages: the database is failing") == 1, log[-4000:]
+    assert log.count("WARNING coordinator.outages: the database recovered after") == 1
+    assert "refused (store_unavailable)" not in log  # not once per request
     _check_committed(coordinator, updates)
 
 

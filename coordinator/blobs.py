@@ -9,8 +9,10 @@ bytes (64 lowercase hex characters), fanned out by the first two characters::
 A blob becomes visible only by ``rename`` of a complete, fsynced temp file, and the
 directory is fsynced after the rename, so a crash at any moment leaves either the whole
 blob or no blob (at worst a stray temp file, which :meth:`BlobStore.sweep_temporary`
-removes). Arrays are stored as their raw little-endian bytes, with no header: the dtype and
-length live in the database next to the hash.
+removes). Which blobs may be deleted is the database's to say: ``coordinator.retention``
+lists them with :meth:`BlobStore.names` and deletes the unreferenced ones. Arrays are
+stored as their raw little-endian bytes, with no header: the dtype and length live in the
+database next to the hash.
 
 :class:`InputSpool` stages each participant's masked input for one round, one file per
 ``(round_id, secagg_id)``::
@@ -255,6 +257,26 @@ class BlobStore:
         except OSError as exc:
             raise _os_error(f"deleting blob {sha}", exc) from exc
         fsync_dir(path.parent)
+
+    def names(self) -> list[str]:
+        """The sha256 of every stored blob, sorted (writes in progress are not blobs)."""
+        try:
+            return sorted(
+                entry.name
+                for entry in self._root.glob("??/*")
+                if _SHA256_RE.fullmatch(entry.name) and entry.parent.name == entry.name[:2]
+            )
+        except OSError as exc:
+            raise _os_error(f"listing {self._root}", exc) from exc
+
+    def usage(self) -> tuple[int, int]:
+        """How many blobs are stored and their bytes in all."""
+        count = total = 0
+        for sha in self.names():
+            with contextlib.suppress(CoordinatorError):  # deleted meanwhile
+                total += self.size(sha)
+                count += 1
+        return count, total
 
     def sweep_temporary(self) -> int:
         """Remove temp files left by writes a crash interrupted; return how many.

@@ -6,7 +6,10 @@
     clients revoke ID   revoke a client at once
     status [--json]     model version, rounds with outcome, cohort, survivors, timings and
                         secure aggregation (t, k, ring bits) or plain sums
-    export              write a model version as a torch state dict
+    export              write a model version as a torch state dict (and pin it)
+    version list        model versions, whether their blobs are kept and pinned
+    version pin N       keep version N's blobs whatever the retention policy says
+    version unpin N     let the retention policy delete them again
     db upgrade          migrate the database to this version's schema
 
 Every command takes ``--data-dir`` (and ``--db`` for PostgreSQL). ``run`` records its
@@ -46,7 +49,14 @@ from coordinator.datadir import (
 from coordinator.domain import EnrollmentToken
 from coordinator.errors import CoordinatorError, ErrorCode, StoreError
 from coordinator.logs import configure_logging
-from coordinator.status import export_version, format_status, status_report
+from coordinator.retention import set_pin
+from coordinator.status import (
+    export_version,
+    format_status,
+    format_versions,
+    status_report,
+    versions_report,
+)
 from coordinator.store import Store
 from coordinator.store.schema import current_revision, head_revision, upgrade
 from coordinator.tokens import DEFAULT_TTL, hash_token, new_token, parse_ttl
@@ -272,6 +282,45 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--task", default=None, help="default: the task of the stored rounds")
     export.set_defaults(run=_export)
 
+    version = commands.add_parser(
+        "version", help="model versions and the retention policy"
+    ).add_subparsers(required=True, metavar="ACTION")
+    versions = version.add_parser(
+        "list",
+        help="list model versions",
+        description=(
+            "List every model version, oldest first: when it was made, its global step and "
+            "test accuracy, whether the retention policy still keeps its blobs, and whether "
+            "it is pinned."
+        ),
+    )
+    _common(versions)
+    versions.add_argument("--json", action="store_true", help="machine-readable output")
+    versions.set_defaults(run=_version_list)
+    pin = version.add_parser(
+        "pin",
+        help="keep a version's blobs",
+        description=(
+            "Pin a model version: the retention policy ([retention] keep_versions) keeps its "
+            "blobs until it is unpinned, so it can be exported later. A version whose blobs "
+            "were already deleted cannot be pinned. Export pins the version it writes."
+        ),
+    )
+    _common(pin)
+    pin.add_argument("number", type=int, help="the version, as `version list` shows it")
+    pin.set_defaults(run=_version_pin)
+    unpin = version.add_parser(
+        "unpin",
+        help="release a pinned version",
+        description=(
+            "Unpin a model version: unless it is among the newest [retention] keep_versions, "
+            "the coordinator deletes its blobs after the next commit or at its next start."
+        ),
+    )
+    _common(unpin)
+    unpin.add_argument("number", type=int, help="the version, as `version list` shows it")
+    unpin.set_defaults(run=_version_unpin)
+
     db = commands.add_parser("db", help="database schema").add_subparsers(
         required=True, metavar="ACTION"
     )
@@ -431,6 +480,39 @@ def _host_of(address: str) -> str:
     """The host of ``HOST:PORT`` (``[::1]:7070`` gives ``::1``)."""
     host, _, _ = address.rpartition(":")
     return host.strip("[]") or "0.0.0.0"
+
+
+def _version_list(args: argparse.Namespace) -> int:
+    store = _admin_store(args)
+    try:
+        versions = versions_report(store)
+    finally:
+        store.close()
+    print(json.dumps(versions, indent=2) if args.json else format_versions(versions))
+    return 0
+
+
+def _version_pin(args: argparse.Namespace) -> int:
+    store = _admin_store(args)
+    try:
+        set_pin(store, args.number, pinned=True, why="version pin")
+    finally:
+        store.close()
+    print(f"model version {args.number} pinned: its blobs are kept until `version unpin`")
+    return 0
+
+
+def _version_unpin(args: argparse.Namespace) -> int:
+    store = _admin_store(args)
+    try:
+        version = set_pin(store, args.number, pinned=False, why="version unpin")
+    finally:
+        store.close()
+    print(
+        f"model version {args.number} unpinned"
+        + ("" if version.retained else " (its blobs were already deleted)")
+    )
+    return 0
 
 
 if __name__ == "__main__":

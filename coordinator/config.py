@@ -47,6 +47,10 @@ Every key is optional; the defaults train the built-in ``digits-cnn`` task. A fu
     concurrent_uploads = 16     # upload streams read at once (memory: about 3 MB each)
     checkin_wait = 20           # longest a check-in is held, seconds
     rate_per_second = 50        # requests per client per second (burst 4×)
+
+    [retention]                 # docs/architecture.md, section 5
+    keep_versions = 5           # the newest model versions whose blobs are kept (at least 1),
+                                # besides pinned ones (exported, or `version pin N`)
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ __all__ = [
     "Deadlines",
     "FedAdamWSettings",
     "Limits",
+    "RetentionSettings",
     "SecureAggregationSettings",
     "load_config",
 ]
@@ -118,6 +123,13 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """What the coordinator keeps of past model versions (docs/architecture.md, section 5)."""
+
+    keep_versions: int = 5
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     """Everything a coordinator runs with. ``load_config`` builds and validates it."""
 
@@ -136,6 +148,7 @@ class CoordinatorConfig:
     secure_aggregation: SecureAggregationSettings = field(default_factory=SecureAggregationSettings)
     deadlines: Deadlines = field(default_factory=Deadlines)
     limits: Limits = field(default_factory=Limits)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
     def __post_init__(self) -> None:
         positive = {
@@ -175,6 +188,12 @@ class CoordinatorConfig:
             raise _invalid("concurrent_uploads must be at least 1")
         if not (limits.checkin_wait > 0 and limits.rate_per_second > 0):
             raise _invalid("checkin_wait and rate_per_second must be > 0")
+        if self.retention.keep_versions < 1:
+            raise _invalid(
+                f"[retention] keep_versions must be at least 1, got "
+                f"{self.retention.keep_versions}: the latest version is the one the open "
+                "round trains from and a restart resumes from"
+            )
 
     @property
     def selected(self) -> int:
@@ -190,6 +209,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "secure_aggregation": SecureAggregationSettings,
     "deadlines": Deadlines,
     "limits": Limits,
+    "retention": RetentionSettings,
 }
 
 

@@ -194,6 +194,10 @@ class ModelVersion:
     Version 0 is the initial model. The three blobs are addressed by sha256 (hex):
     the model x (float32, flat layout), ΔG (float32, flat layout) and v̄ (float64 block
     means). ``global_step`` is t. ``round_id`` is None for version 0.
+
+    Retention (docs/architecture.md, section 5): ``pinned`` keeps the blobs whatever the
+    policy says (an export or ``version pin``); ``blobs_deleted_at`` is when the policy
+    released them. A released version stays as history, but its blobs may be gone.
     """
 
     version: int
@@ -207,6 +211,18 @@ class ModelVersion:
     num_clients: int = 0
     test_loss: float | None = None
     test_accuracy: float | None = None
+    pinned: bool = False
+    blobs_deleted_at: datetime | None = None
+
+    @property
+    def retained(self) -> bool:
+        """Whether the version's blobs are kept (not released by the retention policy)."""
+        return self.blobs_deleted_at is None
+
+    @property
+    def blob_hashes(self) -> frozenset[str]:
+        """The sha256 of its three blobs (fewer when two hold the same bytes)."""
+        return frozenset((self.model_sha256, self.global_update_sha256, self.second_moment_sha256))
 
 
 @dataclass(frozen=True)

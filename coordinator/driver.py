@@ -11,7 +11,8 @@
    (``Commit``), abort (``Abort``), or rebuild the round from the store (``Rebuild``).
 3. **Commit.** The decoded sums go through the FedAdamW server rule; the new model, ΔG, v̄
    and t are written as blobs and committed with the round outcome in one transaction.
-   Then the version is evaluated on the task's held-out set.
+   Then the version is evaluated on the task's held-out set, and the retention policy
+   deletes the blobs of the versions it no longer keeps (also at start-up).
 
 **Supervision.** A store or blob error while the driver opens, closes, commits, aborts or
 restores is reported (``RoundListener.driver_fault``: logged at ERROR with the round and
@@ -48,6 +49,7 @@ from coordinator.listener import RoundListener
 from coordinator.model_state import ModelState
 from coordinator.reasons import RoundAbortReason, stored_drops
 from coordinator.replay import replay
+from coordinator.retention import apply_retention
 from coordinator.round_settings import plan_round
 from coordinator.round_state import Abort, Advance, Commit, Decision, Rebuild, RoundState
 from coordinator.store import Store
@@ -69,6 +71,7 @@ class DriverStage(enum.StrEnum):
     COMMIT = "commit"
     ABORT = "abort"
     RESTORE = "restore"
+    RETENTION = "apply_retention"
 
 
 def utcnow() -> datetime:
@@ -129,6 +132,7 @@ class RoundDriver:
             self.listener.initial_version_stored(initial, self.model.layout.size)
             latest = initial
         await asyncio.to_thread(self.model.check_compatible, latest)
+        await self._retain()  # before a round writes blobs; a crash's orphans go too
         open_round = await asyncio.to_thread(self.store.open_round)
         for stale in await asyncio.to_thread(self.spool.rounds):
             if open_round is None or stale != open_round.round_id:
@@ -389,6 +393,7 @@ class RoundDriver:
         self._schedule_evaluation(new_version)
         self.listener.committed(round_, new_version, sums)
         await self._finish(active, round_, new_version.version, None, sums.survivors)
+        await self._retain()
 
     async def _abort(self, active: ActiveRound, decision: Abort) -> None:
         if decision.culprits:
@@ -425,6 +430,19 @@ class RoundDriver:
         self.active = None
         await asyncio.to_thread(self.spool.remove_round, active.round_id)
         await self._audit(f"round_{outcome.value}", f"{active.round_id} {reason or ''}".strip())
+
+    async def _retain(self) -> None:
+        """A pass of the retention policy (``coordinator.retention``). Never while a
+        version's blobs are written and not yet committed: the pass would delete them."""
+        self.stage = DriverStage.RETENTION
+        report = await asyncio.to_thread(
+            apply_retention,
+            self.store,
+            self.blobs,
+            keep_versions=self.config.retention.keep_versions,
+            now=self.clock(),
+        )
+        self.listener.retention_applied(report)
 
     def _schedule_evaluation(self, version: ModelVersion) -> None:
         task = asyncio.get_running_loop().create_task(self._evaluate(version))

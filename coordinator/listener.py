@@ -22,6 +22,7 @@ from coordinator.domain import (
 )
 from coordinator.metrics import Metrics
 from coordinator.reasons import Dropped, RoundAbortReason
+from coordinator.retention import RetentionReport
 from coordinator.round_state import Advance, RoundState
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ class RoundListener(Protocol):
     def evaluation_failed(self, version: ModelVersion, error: Exception) -> None: ...
 
     def training_finished(self, rounds: int) -> None: ...
+
+    def retention_applied(self, report: RetentionReport) -> None: ...
 
     def round_not_started(self, error: Exception) -> None: ...
 
@@ -213,6 +216,26 @@ class ObservingListener:
 
     def training_finished(self, rounds: int) -> None:
         log.info("all %d rounds committed; idle", rounds)
+
+    def retention_applied(self, report: RetentionReport) -> None:
+        self.metrics.blob_store_bytes.set(report.blob_bytes)
+        self.metrics.retained_versions.set(report.retained_versions)
+        if report.released or report.deleted_blobs:
+            log.info(
+                "retention: released model versions %s, deleted %d blobs; %d versions and "
+                "%d blobs (%d bytes) kept",
+                list(report.released) or "none",
+                report.deleted_blobs,
+                report.retained_versions,
+                report.blob_count,
+                report.blob_bytes,
+            )
+        if report.missing_blobs:
+            log.warning(
+                "retention: %d blobs that retained model versions name are missing from the "
+                "blob store (restored from an incomplete backup?); exporting those versions fails",
+                report.missing_blobs,
+            )
 
     def round_not_started(self, error: Exception) -> None:
         log.error("cannot start a round: %s", error)

@@ -1,4 +1,5 @@
-"""What ``fedadamw-coordinator status`` and ``export`` read from the database and blobs."""
+"""What ``fedadamw-coordinator status``, ``export`` and ``version list`` read from the database
+and blobs. An export pins the version it writes (docs/architecture.md, section 5)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from typing import Any
 from coordinator.blobs import BlobStore
 from coordinator.domain import ModelVersion, ParticipantStatus, Round, RoundOutcome
 from coordinator.errors import CoordinatorError, ErrorCode
+from coordinator.retention import set_pin
 from coordinator.store import Store
+from coordinator.store.sql_retention import not_retained_message
 
-__all__ = ["export_version", "format_status", "status_report"]
+__all__ = ["export_version", "format_status", "format_versions", "status_report", "versions_report"]
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
@@ -98,6 +101,11 @@ def _version_entry(version: ModelVersion) -> dict[str, Any]:
         "test_loss": version.test_loss,
         "test_accuracy": version.test_accuracy,
         "model_sha256": version.model_sha256,
+        "retained": version.retained,
+        "pinned": version.pinned,
+        "blobs_deleted_at": version.blobs_deleted_at.isoformat(timespec="seconds")
+        if version.blobs_deleted_at
+        else None,
     }
 
 
@@ -109,7 +117,7 @@ def status_report(store: Store, *, limit: int = 50) -> dict[str, Any]:
         "global_step": latest.global_step if latest is not None else None,
         "test_loss": latest.test_loss if latest is not None else None,
         "test_accuracy": latest.test_accuracy if latest is not None else None,
-        "versions": [_version_entry(v) for v in store.list_versions()],
+        "versions": versions_report(store),
         "rounds": [_round_entry(store, r) for r in store.list_rounds(limit=limit)],
     }
 
@@ -137,22 +145,61 @@ def format_status(report: dict[str, Any]) -> str:
             f"{r['round']:>5}  {r['outcome']:9}  {r['phase']:17}  {r['cohort']:>6}  "
             f"{survivors:>9}  {version:>7}  {seconds:>8}  {secure:24}  {dropped}{reason}"
         )
+    lines += ["", _retention_line(report["versions"])]
     return "\n".join(lines)
+
+
+def _retention_line(versions: list[dict[str, Any]]) -> str:
+    """Which versions keep their blobs: ``versions kept: 0, 3, 4 (pinned: 0); 2 released``."""
+    kept = [v for v in versions if v["retained"]]
+    pinned = [str(v["version"]) for v in kept if v["pinned"]]
+    line = f"versions kept: {', '.join(str(v['version']) for v in kept) or 'none'}"
+    if pinned:
+        line += f" (pinned: {', '.join(pinned)})"
+    released = len(versions) - len(kept)
+    if released:
+        line += f"; {released} released by the retention policy (blobs deleted)"
+    return line
+
+
+def format_versions(versions: list[dict[str, Any]]) -> str:
+    """``version list``: one line per version, oldest first."""
+    lines = [f"{'version':>7}  {'created':25}  {'step':>8}  {'accuracy':>8}  {'kept':4}  pinned"]
+    for v in versions:
+        accuracy = "-" if v["test_accuracy"] is None else f"{v['test_accuracy']:.4f}"
+        kept = "yes" if v["retained"] else "no"
+        lines.append(
+            f"{v['version']:>7}  {v['created_at']:25}  {v['global_step']:>8}  {accuracy:>8}  "
+            f"{kept:4}  {'yes' if v['pinned'] else '-'}"
+        )
+    return "\n".join(lines)
+
+
+def versions_report(store: Store) -> list[dict[str, Any]]:
+    """Every model version, oldest first, with whether its blobs are kept and pinned."""
+    return [_version_entry(v) for v in store.list_versions()]
 
 
 def export_version(
     store: Store, *, data_dir: Path, version: int | None, task: str | None, out: Path
 ) -> int:
-    """Write a model version as a torch state dict; returns the version written."""
+    """Write a model version as a torch state dict, pinning it; returns the version written.
+
+    ``NOT_FOUND`` for an unknown version and for one whose blobs the retention policy
+    deleted (the message says it was not retained).
+    """
+    chosen = store.latest_version() if version is None else store.get_version(version)
+    if chosen is None:
+        raise CoordinatorError(ErrorCode.NOT_FOUND, "there is no model version yet")
+    if not chosen.retained:  # said before torch is loaded; pinning would refuse it as well
+        raise CoordinatorError(ErrorCode.NOT_FOUND, not_retained_message(chosen))
+
     import torch  # the other admin commands start without torch
 
     from fedadamw.errors import FedAdamWError
     from fedadamw.layout import FlatLayout
     from fedadamw.tasks import load_task
 
-    chosen = store.latest_version() if version is None else store.get_version(version)
-    if chosen is None:
-        raise CoordinatorError(ErrorCode.NOT_FOUND, "there is no model version yet")
     if task is None:
         rounds = store.list_rounds(limit=1)
         if not rounds:
@@ -170,6 +217,9 @@ def export_version(
             ErrorCode.INVALID_ARGUMENT,
             f"task {task} builds another model than version {chosen.version} was trained with",
         )
+    # Pinned before its blobs are read, so no retention pass deletes them meanwhile; a
+    # version whose blobs were deleted cannot be pinned, and the error says so.
+    set_pin(store, chosen.version, pinned=True, why=f"exported to {out}")
     blobs = BlobStore(data_dir / "blobs")
     vector = torch.from_numpy(blobs.read_array(chosen.model_sha256, "<f4").copy())
     layout.write(model, vector)

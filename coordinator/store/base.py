@@ -174,7 +174,8 @@ class Store(abc.ABC):
         now: datetime,
         dropped: Mapping[int, str] | None = None,
     ) -> Round:
-        """End an open round as aborted, closing its current phase's timing.
+        """End an open round as aborted, closing its current phase's timing, and delete its
+        sealed shares and revealed unmask shares (key material no one needs once it ends).
 
         Aborting an already aborted round returns it unchanged; ``WRONG_PHASE`` if it was
         committed.
@@ -190,8 +191,9 @@ class Store(abc.ABC):
         dropped: Mapping[int, str] | None = None,
     ) -> Round:
         """In one transaction: store ``version``, end the round as committed (its phase
-        UNMASKING closes), set survivors to ``version.num_clients`` and mark the unmasked
-        participants and the dropped ones.
+        UNMASKING closes), set survivors to ``version.num_clients``, mark the unmasked
+        participants and the dropped ones, and delete the round's sealed shares and revealed
+        unmask shares (key material no one needs once it ends).
 
         ``CONFLICT`` unless ``version.version`` is exactly one more than the latest
         version and the round trained from the latest (model versions only move forward);
@@ -280,6 +282,30 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def record_evaluation(self, version: int, *, loss: float, accuracy: float | None) -> None:
         """Attach the held-out evaluation to a version. ``NOT_FOUND``."""
+
+    # --- retention (docs/architecture.md, section 5) -------------------------------------
+
+    @abc.abstractmethod
+    def pin_version(self, version: int, *, pinned: bool) -> ModelVersion:
+        """Pin (keep its blobs whatever the policy says) or unpin a version.
+
+        ``NOT_FOUND`` if there is no such version, or, when pinning, if the retention policy
+        already released its blobs (the message says it was not retained).
+        """
+
+    @abc.abstractmethod
+    def retire_versions(self, *, keep: int, now: datetime) -> list[ModelVersion]:
+        """Release, at ``now``, the blobs of every retained version that is not among the
+        ``keep`` newest, not pinned and not trained from by an open round; returns those,
+        oldest first. A released version stays listed, with ``blobs_deleted_at`` set.
+
+        The caller deletes the released blobs only after this committed, and only those
+        ``retained_blobs`` does not name. ``INVALID_ARGUMENT`` for ``keep < 1``.
+        """
+
+    @abc.abstractmethod
+    def retained_blobs(self) -> frozenset[str]:
+        """The sha256 of every blob that a retained version names."""
 
     # --- audit --------------------------------------------------------------------------
 

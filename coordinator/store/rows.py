@@ -161,6 +161,8 @@ def version_from_row(row: ModelVersionRow) -> ModelVersion:
         num_clients=row.num_clients,
         test_loss=row.test_loss,
         test_accuracy=row.test_accuracy,
+        pinned=row.pinned,
+        blobs_deleted_at=_utc(row.blobs_deleted_at),
     )
 
 
@@ -177,6 +179,8 @@ def version_to_row(version: ModelVersion) -> ModelVersionRow:
         num_clients=version.num_clients,
         test_loss=version.test_loss,
         test_accuracy=version.test_accuracy,
+        pinned=version.pinned,
+        blobs_deleted_at=version.blobs_deleted_at,
     )
 
 

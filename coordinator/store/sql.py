@@ -11,7 +11,8 @@ Every method is one transaction (``coordinator.store.session.Database``): writes
 Rows become domain objects inside the transaction; nothing ORM-bound is returned.
 
 Enrollment is in ``sql_enrollment``, the round lifecycle in ``sql_rounds``, the
-secure-aggregation records in ``sql_records``; this module holds model versions and the
+secure-aggregation records in ``sql_records``, retention (released blobs, pins, ended rounds'
+shares) in ``sql_retention``; this module holds model versions and the
 audit log, and wires the rest. Contract details beyond ``Store``'s docstrings are stated per method.
 """
 
@@ -42,7 +43,7 @@ from coordinator.domain import (
     phase_rank,
 )
 from coordinator.errors import ErrorCode, StoreError
-from coordinator.store import sql_enrollment, sql_records, sql_rounds
+from coordinator.store import sql_enrollment, sql_records, sql_retention, sql_rounds
 from coordinator.store.base import IssueCertificate, Store
 from coordinator.store.rows import (
     audit_from_row,
@@ -370,6 +371,20 @@ class SqlStore(Store):
             row = _version(session.get(ModelVersionRow, version), version)
             row.test_loss = float(loss)
             row.test_accuracy = None if accuracy is None else float(accuracy)
+
+    # --- retention ----------------------------------------------------------------------
+
+    def pin_version(self, version: int, *, pinned: bool) -> ModelVersion:
+        with self._db.transaction(write=True) as session:
+            return sql_retention.set_pinned(session, version, pinned=pinned)
+
+    def retire_versions(self, *, keep: int, now: datetime) -> list[ModelVersion]:
+        with self._db.transaction(write=True) as session:
+            return sql_retention.retire_versions(session, keep=keep, now=now)
+
+    def retained_blobs(self) -> frozenset[str]:
+        with self._db.transaction(write=False) as session:
+            return sql_retention.retained_blobs(session)
 
     # --- audit --------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from coordinator.store.sql_guards import (
     require_phase,
     require_sha256,
 )
+from coordinator.store.sql_retention import forget_round_secrets
 from coordinator.store.tables import (
     ClientRow,
     ParticipantRow,
@@ -188,7 +189,8 @@ def abort_round(
     now: datetime,
     dropped: Mapping[int, str] | None,
 ) -> Round:
-    """See ``Store.abort_round``. Survivors are the participants not dropped."""
+    """See ``Store.abort_round``. Survivors are the participants not dropped; the round's
+    shares are deleted (``sql_retention.forget_round_secrets``)."""
     require_aware("now", now)
     row = lock_round(session, round_id)
     if row.phase is RoundPhase.ABORTED:
@@ -204,6 +206,7 @@ def abort_round(
     row.finished_at = now
     row.abort_reason = reason
     row.survivors = alive
+    forget_round_secrets(session, round_id)
     session.flush()
     return round_from_row(row)
 
@@ -217,7 +220,8 @@ def commit_round(
     dropped: Mapping[int, str] | None,
 ) -> Round:
     """See ``Store.commit_round``. ``version.round_id`` must name this round
-    (``INVALID_ARGUMENT``)."""
+    (``INVALID_ARGUMENT``); the round's shares are deleted
+    (``sql_retention.forget_round_secrets``)."""
     require_aware("now", now)
     require_aware("version.created_at", version.created_at)
     for name in ("model_sha256", "global_update_sha256", "second_moment_sha256"):
@@ -254,6 +258,7 @@ def commit_round(
     row.outcome = RoundOutcome.COMMITTED
     row.finished_at = now
     row.survivors = version.num_clients
+    forget_round_secrets(session, round_id)
     session.flush()
     return round_from_row(row)
 

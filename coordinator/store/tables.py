@@ -43,6 +43,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -331,7 +332,10 @@ class UnmaskShareRow(Base):
 
 
 class ModelVersionRow(Base):
-    """A model version and its optimizer state, by blob digest; one per committed round."""
+    """A model version and its optimizer state, by blob digest; one per committed round.
+
+    ``pinned`` keeps its blobs whatever the retention policy says; ``blobs_deleted_at`` is
+    set once the policy released them (the row stays, as history)."""
 
     __tablename__ = "model_versions"
     __table_args__ = (UniqueConstraint("round_id"),)
@@ -347,6 +351,8 @@ class ModelVersionRow(Base):
     num_clients: Mapped[int] = mapped_column(Integer)
     test_loss: Mapped[float | None] = mapped_column(Float)
     test_accuracy: Mapped[float | None] = mapped_column(Float)
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    blobs_deleted_at: Mapped[datetime | None]
 
 
 class AuditRow(Base):

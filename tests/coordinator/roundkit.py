@@ -1082,6 +1082,9 @@ class RecordingListener:
     def training_finished(self, rounds: int) -> None:
         self._note("training_finished", rounds)
 
+    def retention_applied(self, report: Any) -> None:
+        self._note("retention_applied", report)
+
     def round_not_started(self, error: Exception) -> None:
         self._note("round_not_started", error)
 

@@ -1,0 +1,117 @@
+"""Retention in SQL: which model versions keep their blobs, pins, and ended rounds' secrets.
+
+The database is the truth about which blobs are needed (docs/architecture.md, section 5):
+
+- ``retire_versions`` marks, in one transaction, every version the policy no longer keeps
+  as released (``blobs_deleted_at``); only then may the blob store delete what no retained
+  version names (``retained_blobs``). A crash in between leaves unreferenced blobs, which
+  the next pass removes; a retained version never names a deleted blob.
+- ``set_pinned`` pins or unpins one version. Both lock the version rows they decide on
+  (``SELECT ... FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE`` serializes writers anyway), so a
+  pin and a retention pass never cross: a version pinned first is kept, and a version
+  released first cannot be pinned.
+- ``forget_round_secrets`` deletes a round's sealed shares and revealed unmask shares; the
+  round lifecycle calls it in the transaction that ends the round.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from coordinator.domain import ModelVersion, RoundOutcome
+from coordinator.errors import ErrorCode, StoreError
+from coordinator.store.rows import version_from_row
+from coordinator.store.sql_guards import require_aware
+from coordinator.store.tables import ModelVersionRow, RoundRow, ShareRow, UnmaskShareRow
+
+__all__ = [
+    "forget_round_secrets",
+    "not_retained_message",
+    "retained_blobs",
+    "retire_versions",
+    "set_pinned",
+]
+
+
+def retire_versions(session: Session, *, keep: int, now: datetime) -> list[ModelVersion]:
+    """Release the blobs of every retained version that is not among the ``keep`` newest,
+    not pinned, and not the one an open round trains from; returns those, oldest first.
+
+    ``INVALID_ARGUMENT`` for ``keep < 1``: the latest version is always needed.
+    """
+    if keep < 1:
+        raise StoreError(ErrorCode.INVALID_ARGUMENT, f"keep must be at least 1, got {keep}")
+    require_aware("now", now)
+    newest = set(
+        session.scalars(
+            select(ModelVersionRow.version).order_by(ModelVersionRow.version.desc()).limit(keep)
+        )
+    )
+    training = set(
+        session.scalars(
+            select(RoundRow.model_version).where(RoundRow.outcome == RoundOutcome.RUNNING)
+        )
+    )
+    rows = session.scalars(
+        select(ModelVersionRow)
+        .where(ModelVersionRow.blobs_deleted_at.is_(None))
+        .order_by(ModelVersionRow.version)
+        .with_for_update()
+    ).all()
+    released = []
+    for row in rows:
+        if row.pinned or row.version in newest or row.version in training:
+            continue
+        row.blobs_deleted_at = now
+        released.append(row)
+    session.flush()
+    return [version_from_row(row) for row in released]
+
+
+def retained_blobs(session: Session) -> frozenset[str]:
+    """The sha256 of every blob a retained version names."""
+    rows = session.execute(
+        select(
+            ModelVersionRow.model_sha256,
+            ModelVersionRow.global_update_sha256,
+            ModelVersionRow.second_moment_sha256,
+        ).where(ModelVersionRow.blobs_deleted_at.is_(None))
+    ).all()
+    return frozenset(sha for row in rows for sha in row)
+
+
+def set_pinned(session: Session, version: int, *, pinned: bool) -> ModelVersion:
+    """Pin or unpin ``version``. ``NOT_FOUND`` if there is none, or (pinning) if the
+    retention policy already released its blobs."""
+    row = session.scalars(
+        select(ModelVersionRow).where(ModelVersionRow.version == version).with_for_update()
+    ).one_or_none()
+    if row is None:
+        raise StoreError(ErrorCode.NOT_FOUND, f"no model version {version}")
+    if pinned and row.blobs_deleted_at is not None:
+        raise StoreError(ErrorCode.NOT_FOUND, not_retained_message(version_from_row(row)))
+    row.pinned = pinned
+    session.flush()
+    return version_from_row(row)
+
+
+def not_retained_message(version: ModelVersion) -> str:
+    """What a user is told about a version whose blobs the retention policy released."""
+    deleted = version.blobs_deleted_at
+    when = deleted.isoformat(timespec="seconds") if deleted is not None else "?"
+    return (
+        f"model version {version.version} was not retained: the retention policy deleted its "
+        f"blobs at {when} (it keeps the newest [retention] keep_versions versions and the "
+        "pinned ones); pin a version with `fedadamw-coordinator version pin N` or export it "
+        "while it is kept"
+    )
+
+
+def forget_round_secrets(session: Session, round_id: str) -> None:
+    """Delete the round's sealed shares and revealed unmask shares (key material that only
+    a replay of the open round reads). The rows ``status`` reads stay."""
+    session.execute(delete(UnmaskShareRow).where(UnmaskShareRow.round_id == round_id))
+    session.execute(delete(ShareRow).where(ShareRow.round_id == round_id))

@@ -208,11 +208,9 @@ def test_a_lowered_threshold_is_refused_before_any_share(tmp_path: Path) -> None
         assert _refused(agent, rid, "unsafe_threshold"), agent.log()[-3000:]
         assert "nothing was revealed" in agent.log()
         assert f"client {participant.client_id} left round {rid}: unsafe_threshold" in log
-    # no share (nor anything later) ever came from them; the others shared with everyone
-    assert {s.sender for s in shares} == honest
-    assert {(s.sender, s.recipient) for s in shares} == {
-        (a, b) for a in honest for b in range(1, 7) if a != b
-    }
+    # nothing after their abort ever came from them; the sealed shares were deleted when the
+    # round ended (docs/architecture.md, section 5), so who shared is not kept
+    assert shares == []
     assert {c.secagg_id for c in chunks} == honest
     assert {s.secagg_id for s in signatures} == honest
     assert {r.secagg_id for r in responses} == honest

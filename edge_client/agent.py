@@ -42,6 +42,7 @@ from edge_client.retry import CHECK_IN, MISCONFIGURED, Retrier, tls_failure
 from edge_client.session import Outcome, RoundResult, RoundSession, SessionError
 from edge_client.state import LastRound, StateDir
 from edge_client.training import LocalTraining
+from edge_client.transfers import prune_cache, round_blobs
 from secure_agg.threshold import DEFAULT_CORRUPT_RATE
 from wire import INSECURE_CLIENT_HEADER
 from wire.v1 import edge_pb2 as pb
@@ -312,6 +313,11 @@ class Agent:
                 finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
             )
         )
+        if session.config is not None:  # else the cache still holds only an earlier round's
+            # Whatever the outcome: the next round, if this one aborted, asks for these again.
+            removed = prune_cache(self.state.cache, keep=round_blobs(session.config))
+            if removed:
+                log.info("cache: deleted %d files of earlier rounds", len(removed))
 
     async def _abandon(
         self, session: RoundSession, task: asyncio.Future[RoundResult]

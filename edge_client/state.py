@@ -7,7 +7,8 @@
       ca.pem            the coordinator's CA certificate (pinned)
       agent.json        client id, coordinator address, enrollment time, label
       last_round.json   the last round taken part in and how it ended
-      cache/            downloaded blobs, by sha256 (resumable)
+      cache/            the last assigned round's blobs, by sha256 (resumable); after each
+                        round every other file goes (``edge_client.transfers.prune_cache``)
 
 Private keys are written with mode 0600 before any byte of them, and never leave the device.
 Every file is written atomically (temporary file, fsync, rename). A missing or damaged file

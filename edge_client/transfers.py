@@ -4,6 +4,10 @@
   (``wire.DOWNLOAD_CHUNK_BYTES``), appending each to ``CACHE/SHA.part``; after a failure it
   asks again from the first chunk it lacks. A blob already cached whole is read from the
   cache. The sha256 and the size are checked before the blob is used.
+- ``prune_cache`` bounds the cache: after each round the agent keeps only the blobs (whole
+  or partly downloaded) of the round it was last assigned, which are what the next round
+  asks for again when that one aborted, and deletes the rest (docs/architecture.md,
+  section 5).
 - ``upload_vector`` sends a masked vector in chunks of ``chunk_elements`` ring elements. It
   asks the coordinator which chunks are durable (``GetUploadStatus``) and sends only the
   others, again after every failure, until the coordinator says the input is complete.
@@ -18,7 +22,7 @@ Both retry through the session's ``Retrier`` (``edge_client.retry``) and raise
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from pathlib import Path
 
 import grpc
@@ -30,7 +34,7 @@ from wire import DOWNLOAD_CHUNK_BYTES
 from wire.v1 import edge_pb2 as pb
 from wire.v1 import edge_pb2_grpc as pb_grpc
 
-__all__ = ["download_blob", "upload_vector"]
+__all__ = ["download_blob", "prune_cache", "round_blobs", "upload_vector"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -80,6 +84,29 @@ async def download_blob(
         raise SessionError.aborted(f"blob {ref.sha256[:12]} failed its sha256 check")
     part.replace(final)
     return np.frombuffer(data, dtype=dtype).astype(dtype[1:])
+
+
+def round_blobs(config: pb.RoundConfig) -> frozenset[str]:
+    """The sha256 of the blobs a round downloads: x, ΔG and v̄."""
+    return frozenset(
+        ref.sha256 for ref in (config.model, config.global_update, config.second_moment)
+    )
+
+
+def prune_cache(cache_dir: Path, *, keep: Collection[str]) -> list[str]:
+    """Delete every file in ``cache_dir`` but the blobs named in ``keep`` and their partial
+    downloads (``SHA.part``); returns the names deleted. A missing directory is empty."""
+    wanted = set(keep) | {f"{sha}.part" for sha in keep}
+    try:
+        entries = list(cache_dir.iterdir())
+    except FileNotFoundError:
+        return []
+    removed = []
+    for entry in entries:
+        if entry.name not in wanted and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    return sorted(removed)
 
 
 async def upload_vector(

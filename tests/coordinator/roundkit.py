@@ -223,7 +223,7 @@ class FailingStore:
 
 class FailingBlobStore(BlobStore):
     """A real blob store whose ``put`` (and so ``put_array``) fails on demand, as a full
-    disk makes it fail: ``BlobError(INTERNAL)``."""
+    disk makes it fail: ``BlobError(STORAGE_UNAVAILABLE)``."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
@@ -240,7 +240,8 @@ class FailingBlobStore(BlobStore):
             self._fail_next -= 1
             self.failed_puts += 1
             raise BlobError(
-                ErrorCode.INTERNAL, "injected: writing a blob failed: [Errno 28] No space left"
+                ErrorCode.STORAGE_UNAVAILABLE,
+                "injected: writing a blob failed: [Errno 28] No space left",
             )
         return super().put(data)
 
@@ -263,7 +264,8 @@ class FailingSpool(InputSpool):
             self._fail_next -= 1
             self.failed_writes += 1
             raise BlobError(
-                ErrorCode.INTERNAL, "injected: spooling a chunk failed: [Errno 28] No space left"
+                ErrorCode.STORAGE_UNAVAILABLE,
+                "injected: spooling a chunk failed: [Errno 28] No space left",
             )
         super().write_chunk(round_id, secagg_id, offset_bytes=offset_bytes, data=data)
 
@@ -763,7 +765,8 @@ class SimAgent:
     ``secure_agg``'s client on each watched event, submit what it answers (through
     ``parse_for``, as the servicer parses a request), upload the masked input chunk by
     chunk resuming from the upload status, retry a call the coordinator refuses with
-    STORE_UNAVAILABLE (gRPC UNAVAILABLE), and watch again when the stream breaks. Its state
+    STORE_UNAVAILABLE or STORAGE_UNAVAILABLE (gRPC UNAVAILABLE), and watch again when the
+    stream breaks. Its state
     survives ``run`` being cancelled, so it can go on against a restarted coordinator.
 
     A watch stream that brings nothing for ``idle_rewatch`` seconds is closed and opened
@@ -787,7 +790,10 @@ class SimAgent:
         leave_at: RoundPhase | None = None,
         hold_at: RoundPhase | None = None,
         chunks_before_hold: int = 0,
-        retry: Collection[ErrorCode] = (ErrorCode.STORE_UNAVAILABLE,),
+        retry: Collection[ErrorCode] = (
+            ErrorCode.STORE_UNAVAILABLE,
+            ErrorCode.STORAGE_UNAVAILABLE,
+        ),
         idle_rewatch: float = 1.0,
     ) -> None:
         self.client = client

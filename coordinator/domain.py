@@ -22,6 +22,7 @@ import numpy as np
 
 __all__ = [
     "NEXT_PHASE",
+    "NOT_STARTING_NOTE",
     "OPEN_PHASES",
     "PHASE_ORDER",
     "AddResult",
@@ -54,6 +55,10 @@ class RoundPhase(enum.StrEnum):
     COMMITTED = "committed"
     ABORTED = "aborted"
 
+
+NOT_STARTING_NOTE = "not_starting"
+"""The key of the store's note of why the next round has not started (the waiting room
+writes it, ``fedadamw-coordinator status`` shows it)."""
 
 PHASE_ORDER: tuple[RoundPhase, ...] = (
     RoundPhase.ADVERTISE_KEYS,

@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.blobs import BlobStore
-from coordinator.domain import ModelVersion, ParticipantStatus, Round, RoundOutcome
+from coordinator.domain import (
+    NOT_STARTING_NOTE,
+    ModelVersion,
+    ParticipantStatus,
+    Round,
+    RoundOutcome,
+)
 from coordinator.errors import CoordinatorError, ErrorCode
 from coordinator.retention import set_pin
 from coordinator.store import Store
@@ -112,8 +118,14 @@ def _version_entry(version: ModelVersion) -> dict[str, Any]:
 def status_report(store: Store, *, limit: int = 50) -> dict[str, Any]:
     """The model version, versions with their evaluation, and the newest rounds."""
     latest = store.latest_version()
+    note = store.get_note(NOT_STARTING_NOTE)
     return {
         "model_version": latest.version if latest is not None else None,
+        # why the next round has not started, as the leader last wrote it (once a minute
+        # while it waits; gone once the round starts)
+        "not_starting": None
+        if note is None
+        else {"reason": note[0], "at": note[1].isoformat(timespec="seconds")},
         "global_step": latest.global_step if latest is not None else None,
         "test_loss": latest.test_loss if latest is not None else None,
         "test_accuracy": latest.test_accuracy if latest is not None else None,
@@ -146,6 +158,9 @@ def format_status(report: dict[str, Any]) -> str:
             f"{survivors:>9}  {version:>7}  {seconds:>8}  {secure:24}  {dropped}{reason}"
         )
     lines += ["", _retention_line(report["versions"])]
+    if report["not_starting"] is not None:
+        note = report["not_starting"]
+        lines.append(f"no round is starting (as of {note['at']}): {note['reason']}")
     return "\n".join(lines)
 
 

@@ -19,9 +19,10 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from coordinator.config import CoordinatorConfig
-from coordinator.domain import Client, Participant, RoundPhase
+from coordinator.domain import NOT_STARTING_NOTE, Client, Participant, RoundPhase
 from coordinator.errors import StoreError
 from coordinator.metrics import Metrics
 from coordinator.store import Store
@@ -59,12 +60,14 @@ class WaitingRoom:
         metrics: Metrics,
         rng: random.Random,
         monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
         self.config = config
         self.metrics = metrics
         self.rng = rng
         self.monotonic = monotonic
+        self.clock = clock
         self.closed: RetryAfter | None = None  # set once no round will be offered again
         self._waiting: dict[int, asyncio.Future[Assignment | RetryAfter]] = {}
         self._changed = asyncio.Event()
@@ -124,14 +127,26 @@ class WaitingRoom:
                 reminded = now
                 self.not_starting = self._why_not_starting(len(waiting), now - started)
                 log.warning("no round is starting: %s", self.not_starting)
+                await self._note(self.not_starting)
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await self._changed.wait()
         self.metrics.waiting_clients.set(len(waiting))
         self.metrics.selection_waiting_seconds.set(0)
-        self.not_starting = None
+        if self.not_starting is not None:
+            self.not_starting = None
+            await self._note(None)
         return self.rng.sample(waiting, min(len(waiting), self.config.selected))
+
+    async def _note(self, text: str | None) -> None:
+        """Keep why no round starts in the store, for ``fedadamw-coordinator status``."""
+        try:
+            await asyncio.to_thread(self.store.set_note, NOT_STARTING_NOTE, text, now=self.clock())
+        except StoreError as exc:
+            log.warning(
+                "cannot note in the store why no round starts (%s): %s", exc.code.value, exc
+            )
 
     def _why_not_starting(self, waiting: int, seconds: float) -> str:
         config = self.config

@@ -316,3 +316,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_audit(self, *, limit: int = 100) -> list[AuditEvent]:
         """The newest events first."""
+
+    @abc.abstractmethod
+    def set_note(self, key: str, text: str | None, *, now: datetime) -> None:
+        """Keep ``text`` under ``key`` for the admin commands (None: forget it)."""
+
+    @abc.abstractmethod
+    def get_note(self, key: str) -> tuple[str, datetime] | None:
+        """The text kept under ``key`` and when it was written, if any."""

@@ -61,6 +61,7 @@ from coordinator.store.tables import (
     AuditRow,
     ClientRow,
     ModelVersionRow,
+    NoteRow,
     ParticipantRow,
     PhaseTimingRow,
     RoundRow,
@@ -405,6 +406,23 @@ class SqlStore(Store):
                 select(AuditRow).order_by(AuditRow.at.desc(), AuditRow.event_id.desc()).limit(limit)
             ).all()
             return [audit_from_row(row) for row in rows]
+
+    def set_note(self, key: str, text: str | None, *, now: datetime) -> None:
+        require_aware("now", now)
+        with self._db.transaction(write=True) as session:
+            row = session.get(NoteRow, key)
+            if text is None:
+                if row is not None:
+                    session.delete(row)
+            elif row is None:
+                session.add(NoteRow(key=key, text=text, updated_at=now))
+            else:
+                row.text, row.updated_at = text, now
+
+    def get_note(self, key: str) -> tuple[str, datetime] | None:
+        with self._db.transaction(write=False) as session:
+            row = session.get(NoteRow, key)
+            return None if row is None else (row.text, row.updated_at)
 
 
 def _version(row: ModelVersionRow | None, version: int) -> ModelVersionRow:

@@ -59,6 +59,7 @@ __all__ = [
     "ConsistencySignatureRow",
     "InputChunkRow",
     "ModelVersionRow",
+    "NoteRow",
     "ParticipantRow",
     "PhaseTimingRow",
     "RoundRow",
@@ -366,3 +367,14 @@ class AuditRow(Base):
     actor: Mapped[str] = mapped_column(Text)
     action: Mapped[str] = mapped_column(Text)
     detail: Mapped[str] = mapped_column(Text)
+
+
+class NoteRow(Base):
+    """A short note the service keeps for the admin commands, by key (``not_starting``: why
+    no round starts). Rewritten in place, so the table holds one row per key."""
+
+    __tablename__ = "service_notes"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime]

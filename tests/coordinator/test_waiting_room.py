@@ -10,11 +10,13 @@ import logging
 import random
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from coordinator.domain import Client
 from coordinator.metrics import Metrics
+from coordinator.status import format_status, status_report
 from coordinator.waiting_room import NOT_STARTING_INTERVAL, WaitingRoom
 
 from .roundkit import migrated_template, open_sqlite, small_config
@@ -52,7 +54,7 @@ def test_a_round_that_does_not_start_says_why_at_a_steady_rate(
         monotonic=lambda: now[0],
     )
 
-    async def scenario() -> tuple[list[int], list[str], float, float, str | None]:
+    async def scenario() -> tuple[list[int], list[str], float, float, str | None, Any]:
         selection = asyncio.ensure_future(room.select())
         first = asyncio.ensure_future(room.check_in(_client(1), wait=3600))
         await asyncio.sleep(0.05)
@@ -64,16 +66,21 @@ def test_a_round_that_does_not_start_says_why_at_a_steady_rate(
             await asyncio.sleep(0.05)
         waited = _gauge(metrics, "fedadamw_selection_waiting_seconds")
         reason = room.not_starting
+        report = status_report(store)
+        noted = report["not_starting"]
+        assert "no round is starting (as of " in format_status(report)
         lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         others = [asyncio.ensure_future(room.check_in(_client(i), wait=3600)) for i in (2, 3, 4)]
         chosen = await asyncio.wait_for(selection, timeout=5)
         room.cancel()
         for waiter in (first, *others):
             waiter.cancel()
-        return chosen, lines, waited, _gauge(metrics, "fedadamw_selection_waiting_seconds"), reason
+        after = _gauge(metrics, "fedadamw_selection_waiting_seconds")
+        return chosen, lines, waited, after, reason, noted
 
     with caplog.at_level(logging.WARNING, logger="coordinator.waiting_room"):
-        chosen, lines, waited, after, reason = asyncio.run(scenario())
+        chosen, lines, waited, after, reason, noted = asyncio.run(scenario())
+    after_start = status_report(store)["not_starting"]
     store.close()
     # 93 s of waiting: one line at 62 s (the first after a minute), none at 31 s or 93 s
     assert len(lines) == 1, lines
@@ -81,6 +88,10 @@ def test_a_round_that_does_not_start_says_why_at_a_steady_rate(
     assert "cohort = 4" in lines[0]
     assert "min_clients = 3" in lines[0]
     assert reason is not None
+    # the status command shows it while it lasts, and not once the round has started
+    assert noted is not None
+    assert noted["reason"] == reason
+    assert after_start is None
     assert waited == pytest.approx(3 * (NOT_STARTING_INTERVAL / 2 + 1))
     assert sorted(chosen) == [1, 2, 3, 4]
     assert after == 0

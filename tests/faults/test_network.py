@@ -11,7 +11,12 @@ Each case checks the invariants: the round commits (or the faulted agent is drop
 round commits with the others), the next round commits with every agent, model versions
 move forward one per committed round, the coordinator stays healthy and never answers
 INTERNAL, and what happened shows in the coordinator's status, metrics and the proxy's
-counters. ``OBSERVED`` collects one row per case; ``conftest.py`` prints them as a table.
+counters. ``OBSERVED`` collects one row per case; after the module they are printed as a
+fault × phase table (and written to ``$FAULTS_TABLE``, if set).
+
+Three coordinators: ``SETTLED`` (long deadlines, shared by the tests that expect every
+agent to ride the fault out), ``PAST`` (short deadlines, for cuts that outlast them) and
+the ``Lonely`` one; the last two start in the background with the module's first test.
 """
 
 from __future__ import annotations

@@ -61,6 +61,7 @@ __all__ = ["DriverStage", "RoundDriver", "fault_backoff"]
 FAULT_BACKOFF_BASE = 1.0
 FAULT_BACKOFF_CAP = 30.0
 NOT_STARTED_PAUSE = 5.0  # seconds before another try when a round cannot be planned
+ABORT_PAUSE_CAP = 60.0  # the longest pause before a round after rounds that aborted
 
 
 class DriverStage(enum.StrEnum):
@@ -82,6 +83,17 @@ def fault_backoff(faults: int, rng: random.Random) -> float:
     """Seconds before retry ``faults``: uniform in [cap/2, cap], the cap doubling from 1 s
     to 30 s, so retries never come in a burst nor all at once."""
     ceiling = min(FAULT_BACKOFF_CAP, FAULT_BACKOFF_BASE * 2 ** (faults - 1))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+def abort_pause(aborted: int, rng: random.Random) -> float:
+    """Seconds before the next round after ``aborted`` rounds in a row aborted: none after
+    one (a round may abort for a passing reason), then uniform in [cap/2, cap], the cap
+    doubling from 1 s to ``ABORT_PAUSE_CAP``, so that rounds that cannot succeed (every
+    agent leaves at once, say) do not follow each other in a hot loop."""
+    if aborted < 2:
+        return 0.0
+    ceiling = min(ABORT_PAUSE_CAP, 2.0 ** (aborted - 2))
     return rng.uniform(ceiling / 2, ceiling)
 
 
@@ -111,6 +123,8 @@ class RoundDriver:
         self.listener = listener
         self.clock = clock
         self.rng = rng if rng is not None else random.SystemRandom()
+        self.aborted_in_a_row = 0  # rounds, since the last commit
+        self.last_abort: RoundAbortReason | None = None
         self.sleep = sleep
         self.active: ActiveRound | None = None
         self.stage = DriverStage.OPEN_ROUND  # what the driver is doing, for its fault report
@@ -204,6 +218,10 @@ class RoundDriver:
                 self.room.close(RetryAfter(300, "training finished"))
                 self.listener.training_finished(self.config.rounds)
                 return True
+            if pause := abort_pause(self.aborted_in_a_row, self.rng):
+                assert self.last_abort is not None
+                self.listener.aborts_in_a_row(self.aborted_in_a_row, self.last_abort, pause)
+                await self.sleep(pause)
             cohort = await self.room.select()
             try:
                 self.active = await self._open(cohort, latest)
@@ -392,6 +410,7 @@ class RoundDriver:
         )
         self._schedule_evaluation(new_version)
         self.listener.committed(round_, new_version, sums)
+        self.aborted_in_a_row = 0
         await self._finish(active, round_, new_version.version, None, sums.survivors)
         await self._retain()
 
@@ -410,6 +429,8 @@ class RoundDriver:
             dropped=stored_drops(decision.dropped),
         )
         self.listener.aborted(round_, decision.phase, decision.reason)
+        self.aborted_in_a_row += 1
+        self.last_abort = decision.reason
         await self._finish(active, round_, active.state.settings.model_version, decision.reason, 0)
 
     async def _finish(

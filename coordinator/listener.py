@@ -58,6 +58,8 @@ class RoundListener(Protocol):
 
     def aborted(self, round_: Round, phase: RoundPhase, reason: RoundAbortReason) -> None: ...
 
+    def aborts_in_a_row(self, count: int, reason: RoundAbortReason, delay: float) -> None: ...
+
     def culprits(self, state: RoundState, clients: tuple[int, ...], reason: str) -> None: ...
 
     def round_ended(self, outcome: RoundOutcome, survivors: int, seconds: float) -> None: ...
@@ -185,6 +187,14 @@ class ObservingListener:
     def aborted(self, round_: Round, phase: RoundPhase, reason: RoundAbortReason) -> None:
         log.warning("round %d aborted in %s: %s", round_.number, phase.value, reason.value)
         self.metrics.aborts.labels(phase.value, reason.value).inc()
+
+    def aborts_in_a_row(self, count: int, reason: RoundAbortReason, delay: float) -> None:
+        log.warning(
+            "%d rounds in a row aborted (the last: %s); the next round waits %.1fs",
+            count,
+            reason.value,
+            delay,
+        )
 
     def culprits(self, state: RoundState, clients: tuple[int, ...], reason: str) -> None:
         log.error(

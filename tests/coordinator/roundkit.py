@@ -1073,6 +1073,9 @@ class RecordingListener:
     def aborted(self, round_: Round, phase: RoundPhase, reason: RoundAbortReason) -> None:
         self._note("aborted", round_, phase, reason)
 
+    def aborts_in_a_row(self, count: int, reason: RoundAbortReason, delay: float) -> None:
+        self._note("aborts_in_a_row", count, reason, delay)
+
     def culprits(self, state: RoundState, clients: tuple[int, ...], reason: str) -> None:
         self._note("culprits", state, clients, reason)
 

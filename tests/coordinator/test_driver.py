@@ -374,6 +374,44 @@ def test_too_few_left_aborts_the_round_and_tells_the_rest(tmp_path: Path, db_url
     run(scenario)
 
 
+def test_rounds_that_abort_in_a_row_are_spaced_by_a_growing_pause(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Rounds whose agents all leave at once abort back to back; from the second on, the
+    next round waits (1 s, then 2 s, ... up to a minute), so they cannot loop hot; a commit
+    ends the pauses."""
+    config = config_for(rounds=1)
+    leave = {f"a{i}": {"leave_at": RoundPhase.SHARE_KEYS} for i in range(1, 6)}
+
+    async def scenario() -> None:
+        c = Coordinator.build(tmp_path, db_url, config)
+        try:
+            await c.machine.start()
+            agents = c.agents(5)
+            for _ in range(3):
+                leaving = [
+                    SimAgent(a.client, a.key, seed=a.seed + 100, **leave[f"a{i + 1}"])
+                    for i, a in enumerate(agents)
+                ]
+                await play_round(c.machine, leaving)
+            assert_committed(await play_round(c.machine, next_round(agents)), agents, 1)
+            await c.settle()
+            pauses = c.listener.of("aborts_in_a_row")
+            assert [(count, reason) for count, reason, _ in pauses] == [
+                (2, RoundAbortReason.TOO_FEW_CLIENTS),
+                (3, RoundAbortReason.TOO_FEW_CLIENTS),
+            ]
+            first, second = (delay for _, _, delay in pauses)
+            assert 0.5 <= first <= 1.0
+            assert 1.0 <= second <= 2.0
+            assert c.sleep.delays == [first, second]
+            assert c.driver.aborted_in_a_row == 0
+        finally:
+            await c.close()
+
+    run(scenario)
+
+
 # --- store and blob faults in the driver -------------------------------------------------
 
 

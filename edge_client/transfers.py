@@ -128,6 +128,7 @@ async def upload_vector(
     chunk_bytes = chunk_elements * vector.dtype.itemsize
     total = total_chunks
     probe = False  # send one chunk only: the stream before ended early, its status lost
+    durable = -1  # chunks the coordinator held at the last status
     while True:
         try:
             status = await stub.GetUploadStatus(status_request(), metadata=metadata)
@@ -135,6 +136,9 @@ async def upload_vector(
                 progress("upload", total, total)
                 return
             done = set(status.received_chunks)
+            if len(done) > durable >= 0:
+                retrier.reset()  # the last stream made progress: the next failure waits least
+            durable = len(done)
             missing = [i for i in range(total) if i not in done]
             if probe:
                 missing = missing[:1]

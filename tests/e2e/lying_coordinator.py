@@ -30,7 +30,9 @@ before the server is built) by ``LyingEdgeService``, a subclass of the honest
 Each lie told and each answer to it is appended to ``--record`` (default
 ``DATA_DIR/lies.jsonl``) as one JSON object per line, with ``round_id``, ``lie``,
 ``secagg_id`` and ``event`` (``told``, ``signed``, ``prompted``, ``revealed``), so a test
-can check that the lie was told and what it bought.
+can check that the lie was told and what it bought; what each participant sent on the
+honest path (``ShareKeys`` recipients, ``Unmask`` share owners) is appended as ``received``,
+since a round's shares are deleted from the store when it ends.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ class Lie:
             "event": event,
             **detail,
         }
-        log.warning("LIE %s", json.dumps(entry, sort_keys=True))
+        level = logging.INFO if event == "received" else logging.WARNING
+        log.log(level, "LIE %s", json.dumps(entry, sort_keys=True))
         with self._lock, self.record_path.open("a") as handle:
             handle.write(json.dumps(entry, sort_keys=True) + "\n")
 
@@ -198,12 +201,34 @@ class LyingEdgeService(EdgeService):
         lie.record(request.round_id, secagg, "signed")
         return pb.Ack(round_id=request.round_id, phase=request.phase)
 
+    def _received(self, context: Context, round_id: str, method: str, request: Any) -> None:
+        """Record what a participant sent on the honest path: a round's shares are deleted
+        when it ends, so the tests read what the coordinator obtained from here."""
+        secagg = self._secagg_id(context, round_id)
+        if secagg is None:
+            return
+        if method == "ShareKeys":
+            detail = {"recipients": sorted(share.recipient for share in request.shares)}
+        else:
+            detail = {
+                "self_mask_owners": sorted(share.owner for share in request.self_mask_shares),
+                "key_owners": sorted(share.owner for share in request.key_shares),
+            }
+        self.lie.record(round_id, secagg, "received", method=method, **detail)
+
+    async def ShareKeys(  # noqa: N802
+        self, request: pb.ShareKeysRequest, context: Context
+    ) -> pb.Ack:
+        self._received(context, request.round_id, "ShareKeys", request)
+        return await super().ShareKeys(request, context)
+
     async def Unmask(  # noqa: N802
         self, request: pb.UnmaskRequest, context: Context
     ) -> pb.Ack:
         lie = self.lie
         secagg = self._targeted(context, request.round_id)
         if lie.name != "split" or secagg is None or request.round_id not in lie.session_ids:
+            self._received(context, request.round_id, "Unmask", request)
             return await super().Unmask(request, context)
         lie.record(
             request.round_id,

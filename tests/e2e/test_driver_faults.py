@@ -107,7 +107,7 @@ def test_an_unwritable_blob_store_at_commit_stalls_loudly_then_the_round_commits
                 assert (
                     _metric(
                         coordinator,
-                        'fedadamw_round_driver_faults_total{kind="internal",stage="commit"}',
+                        'fedadamw_round_driver_faults_total{kind="storage_unavailable",stage="commit"}',
                     )
                     >= 1
                 )

@@ -96,7 +96,17 @@ class LyingCoordinator(Coordinator):
         if not path.exists():
             return []
         entries = [json.loads(line) for line in path.read_text().splitlines() if line]
-        return [e for e in entries if e["round_id"] == round_id]
+        return [e for e in entries if e["round_id"] == round_id and e["event"] != "received"]
+
+    def received(self, round_id: str, method: str) -> dict[int, dict[str, Any]]:
+        """What each participant sent to ``method`` on the honest path, by secagg id."""
+        path = self.data_dir / "lies.jsonl"
+        entries = [json.loads(line) for line in path.read_text().splitlines() if line]
+        return {
+            e["secagg_id"]: e
+            for e in entries
+            if e["round_id"] == round_id and e["event"] == "received" and e["method"] == method
+        }
 
     def store(self) -> SqlStore:
         return SqlStore(default_sqlite_url(self.data_dir))
@@ -208,9 +218,14 @@ def test_a_lowered_threshold_is_refused_before_any_share(tmp_path: Path) -> None
         assert _refused(agent, rid, "unsafe_threshold"), agent.log()[-3000:]
         assert "nothing was revealed" in agent.log()
         assert f"client {participant.client_id} left round {rid}: unsafe_threshold" in log
-    # nothing after their abort ever came from them; the sealed shares were deleted when the
-    # round ended (docs/architecture.md, section 5), so who shared is not kept
+    # no share (nor anything later) ever came from them; the others shared with everyone
+    # (the liar's record: the store deletes a round's sealed shares when it ends)
     assert shares == []
+    shared = coordinator.received(rid, "ShareKeys")
+    assert set(shared) == honest
+    assert {(a, b) for a, e in shared.items() for b in e["recipients"]} == {
+        (a, b) for a in honest for b in range(1, 7) if a != b
+    }
     assert {c.secagg_id for c in chunks} == honest
     assert {s.secagg_id for s in signatures} == honest
     assert {r.secagg_id for r in responses} == honest
@@ -266,8 +281,10 @@ def test_a_split_view_of_the_survivors_unmasks_no_one(tmp_path: Path) -> None:
     assert {s.secagg_id for s in signatures} == {1, 2, 3, victim}
     # what the coordinator obtained: shares of the victim in the store, and captured by
     # the liar from the agents told it dropped
-    b_shares = sum(1 for r in responses for owner, _ in r.self_mask_shares if owner == victim)
-    s_shares = sum(1 for r in responses for owner, _ in r.key_shares if owner == victim)
+    unmasked = coordinator.received(rid, "Unmask")  # the store deletes them at the round's end
+    assert set(unmasked) == {r.secagg_id for r in responses}
+    b_shares = sum(e["self_mask_owners"].count(victim) for e in unmasked.values())
+    s_shares = sum(e["key_owners"].count(victim) for e in unmasked.values())
     for e in lies:
         if e["event"] == "revealed":
             b_shares += e["self_mask_owners"].count(victim)
@@ -328,11 +345,11 @@ def test_overlapping_alive_and_dead_lists_reveal_nothing(tmp_path: Path) -> None
     # it neither signed nor revealed a share; the others did, b-shares only (no one dropped)
     assert {s.secagg_id for s in signatures} == {2, 3, 4}
     assert {r.secagg_id for r in responses} == {2, 3, 4}
-    for response in responses:
-        assert {owner for owner, _ in response.self_mask_shares} == {1, 2, 3, 4} - {
-            response.secagg_id
-        }
-        assert response.key_shares == ()
+    unmasked = coordinator.received(rid, "Unmask")  # the store deletes them at the round's end
+    assert set(unmasked) == {2, 3, 4}
+    for secagg, entry in unmasked.items():
+        assert set(entry["self_mask_owners"]) == {1, 2, 3, 4} - {secagg}
+        assert entry["key_owners"] == []
     for secagg in (2, 3, 4):
         assert f"round {rid}: committed" in cohort[secagg][1].log()
     assert first.outcome is RoundOutcome.COMMITTED

@@ -273,9 +273,13 @@ class BlobStore:
         """How many blobs are stored and their bytes in all."""
         count = total = 0
         for sha in self.names():
-            with contextlib.suppress(CoordinatorError):  # deleted meanwhile
+            try:
                 total += self.size(sha)
-                count += 1
+            except CoordinatorError as exc:
+                if exc.code is not ErrorCode.NOT_FOUND:
+                    raise
+                continue  # deleted since it was listed
+            count += 1
         return count, total
 
     def sweep_temporary(self) -> int:

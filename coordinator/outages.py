@@ -69,18 +69,10 @@ class Outages:
             metrics.dependency_failing.labels(dependency.value).set(0)
             metrics.dependency_refusals.labels(dependency.value)
 
-    @staticmethod
-    def dependency_of(error: CoordinatorError) -> Dependency | None:
-        """The dependency whose failure ``error`` reports, or None for any other error."""
-        return _BY_CODE.get(error.code)
-
-    def failing(self, dependency: Dependency) -> bool:
-        return dependency in self._open
-
     def refused(self, method: str, error: CoordinatorError) -> bool:
         """Count a request refused for ``error``; True if it is an outage's (then the caller
         need not log it on its own)."""
-        dependency = self.dependency_of(error)
+        dependency = _BY_CODE.get(error.code)
         if dependency is None:
             return False
         now = self.clock()

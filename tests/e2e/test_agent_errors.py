@@ -32,6 +32,14 @@ def _exit_code(agent: AgentProcess, timeout: float = 60.0) -> int:
         pytest.fail(f"the agent kept running; its log:\n{agent.log()[-3000:]}")
 
 
+def _point_at(agent: AgentProcess, coordinator: Coordinator) -> None:
+    """Make the agent's state directory name ``coordinator``'s address."""
+    path = agent.state / "agent.json"
+    info = json.loads(path.read_text())
+    info["coordinator"] = coordinator.address
+    path.write_text(json.dumps(info))
+
+
 @pytest.fixture
 def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
     (tmp_path / "a").mkdir()
@@ -61,10 +69,7 @@ def test_an_agent_whose_ca_does_not_sign_the_coordinator_exits(
     other.start()
     try:
         (agent,) = enrolled_agents(coordinator, tmp_path, 1)
-        info_path = agent.state / "agent.json"
-        info = json.loads(info_path.read_text())
-        info["coordinator"] = other.address  # the state directory belongs to the first one
-        info_path.write_text(json.dumps(info))
+        _point_at(agent, other)  # the state directory belongs to the first one
         agent.start()
         code = _exit_code(agent)
     finally:
@@ -88,10 +93,7 @@ def test_an_agent_the_coordinator_does_not_know_exits(
     shutil.copytree(coordinator.data_dir / "tls", other.data_dir / "tls")
     other.start()
     try:
-        info_path = agent.state / "agent.json"
-        info = json.loads(info_path.read_text())
-        info["coordinator"] = other.address
-        info_path.write_text(json.dumps(info))
+        _point_at(agent, other)
         started = time.monotonic()
         agent.start()
         code = _exit_code(agent)

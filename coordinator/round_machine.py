@@ -27,7 +27,7 @@ from datetime import datetime
 from coordinator.active_round import ActiveRound
 from coordinator.blobs import BlobStore, InputSpool
 from coordinator.config import CoordinatorConfig
-from coordinator.domain import Client, Participant, RoundOutcome, RoundPhase
+from coordinator.domain import Client, Participant, ParticipantStatus, RoundOutcome, RoundPhase
 from coordinator.driver import RoundDriver, utcnow
 from coordinator.errors import CoordinatorError, ErrorCode, StoreError
 from coordinator.ingest import Ingest, UploadProgress
@@ -237,9 +237,17 @@ class RoundMachine:
     async def _ended_event(self, client_id: int, round_id: str) -> RoundEvent:
         """How a round that is not open here ended; only its own cohort may learn it."""
         round_ = await asyncio.to_thread(self.store.get_round, round_id)
-        await asyncio.to_thread(self.store.get_participant, round_id, client_id)
+        participant = await asyncio.to_thread(self.store.get_participant, round_id, client_id)
         if round_.is_open:
             raise CoordinatorError(ErrorCode.STALE_ROUND, f"round {round_id} is not being led here")
+        if participant.status is ParticipantStatus.DROPPED:
+            # its outcome is not this participant's: it must not take the round for its own
+            phase = participant.dropped_in.value if participant.dropped_in else "?"
+            raise CoordinatorError(
+                ErrorCode.NOT_IN_COHORT,
+                f"client {client_id} was dropped from round {round_id} in phase {phase} "
+                f"({participant.drop_reason}); the round has ended",
+            )
         committed = round_.outcome is RoundOutcome.COMMITTED
         return RoundEvent(
             round_id=round_id,
@@ -249,14 +257,42 @@ class RoundMachine:
             reason=round_.abort_reason,
         )
 
+    def _resent(self, client_id: int, round_id: str, phase: RoundPhase) -> bool:
+        """Whether this is a resend of a message the open round accepted in a phase it has
+        passed (``RoundState.answered``): acknowledged again, not read."""
+        active = self.active
+        if active is None or active.round_id != round_id or active.retired:
+            return False
+        if not active.state.answered(client_id, phase):
+            return False
+        log.info(
+            "round %s: client %d sent its %s message again after the phase closed; "
+            "acknowledged as a duplicate",
+            round_id,
+            client_id,
+            phase.value,
+        )
+        return True
+
     async def submit(self, client_id: int, round_id: str, phase: RoundPhase, parse: Parse) -> None:
         """Check, sum in memory, store, then return (the caller acknowledges).
 
         A message the aggregation refuses raises ``PROTOCOL_VIOLATION`` and is not stored;
-        if the refusal dropped its sender, the drop is stored first.
+        if the refusal dropped its sender, the drop is stored first. A resend for a phase the
+        round has passed is acknowledged without being read.
         """
+        await self._record(client_id, round_id, phase, parse, resend=True)
+
+    async def _record(
+        self, client_id: int, round_id: str, phase: RoundPhase, parse: Parse, *, resend: bool
+    ) -> None:
+        """``submit``; ``resend``: a message for a passed phase is acknowledged unread."""
+        if resend and self._resent(client_id, round_id, phase):
+            return
         active, _ = self._require(client_id, round_id, phase)
         async with active.lock:
+            if resend and self._resent(client_id, round_id, phase):
+                return  # the phase closed while this call waited for the lock
             current, participant = self._require(client_id, round_id, phase)
             if current is not active:
                 raise CoordinatorError(
@@ -306,7 +342,7 @@ class RoundMachine:
             )
             return message, DropRecord(round_id, p.secagg_id, dropped)
 
-        await self.submit(client_id, round_id, phase, parse)
+        await self._record(client_id, round_id, phase, parse, resend=False)
         log.info("client %d left round %s: %s", client_id, round_id, reason)
 
     async def upload_chunk(

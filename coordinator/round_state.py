@@ -209,23 +209,38 @@ class RoundState:
     # --- requests -----------------------------------------------------------------------
 
     def member(self, client_id: int, phase: RoundPhase | None) -> Participant:
-        """The alive participant ``client_id``, in ``phase`` if one is given."""
+        """The alive participant ``client_id``, in ``phase`` if one is given (a dropped one
+        is told so, whatever the phase)."""
         participant = self.participants.get(client_id)
         if participant is None:
             raise CoordinatorError(
                 ErrorCode.NOT_IN_COHORT, f"client {client_id} is not in round {self.round_id}"
-            )
-        if phase is not None and phase is not self.phase:
-            raise CoordinatorError(
-                ErrorCode.WRONG_PHASE,
-                f"round {self.round_id} is in phase {self.phase.value}, not {phase.value}",
             )
         if participant.secagg_id not in self.aggregation.alive:
             raise CoordinatorError(
                 ErrorCode.NOT_IN_COHORT,
                 f"client {client_id} was dropped from round {self.round_id}",
             )
+        if phase is not None and phase is not self.phase:
+            raise CoordinatorError(
+                ErrorCode.WRONG_PHASE,
+                f"round {self.round_id} is in phase {self.phase.value}, not {phase.value}",
+            )
         return participant
+
+    def answered(self, client_id: int, phase: RoundPhase) -> bool:
+        """Whether the round has passed ``phase`` with ``client_id`` still in it.
+
+        Then its message for ``phase`` was accepted (each close drops every participant
+        that sent none), and a message for that phase now is a resend whose answer was lost
+        (docs/architecture.md, section 3, "Resends"): the round no longer reads that phase.
+        """
+        participant = self.participants.get(client_id)
+        return (
+            participant is not None
+            and phase_rank(phase) < phase_rank(self.phase)
+            and participant.secagg_id in self.aggregation.alive
+        )
 
     def check_reached(self, seen: RoundPhase | None) -> None:
         """A read names the latest phase its agent has seen; the round must have reached it."""

@@ -185,6 +185,35 @@ class RoundSession:
             call, ROUND, what=what, deadline=self.deadline, rng=self.rng, sleep=self.sleep
         )
 
+    async def _send_phase(self, what: str, call: Callable[[], Awaitable[object]]) -> None:
+        """A phase's message, through ``_call``'s retries.
+
+        An attempt that failed on the way may still have been kept, and if it closed the
+        phase, the resend finds the round past it: FAILED_PRECONDITION then means "maybe
+        accepted", not "dropped", and the round's event stream tells which (the next phase
+        opens with a message for this agent, or the round's end names its outcome).
+        """
+        resent = False
+
+        async def attempt() -> object:
+            nonlocal resent
+            try:
+                return await call()
+            except grpc.aio.AioRpcError as exc:
+                if resent and exc.code() is grpc.StatusCode.FAILED_PRECONDITION:
+                    log.info(
+                        "round %s: the resent %s found the round moved on (%s); the first "
+                        "one may have closed the phase, so the round's events decide",
+                        self.round_id,
+                        what,
+                        exc.details(),
+                    )
+                    return None
+                resent = True
+                raise
+
+        await self._call(what, attempt)
+
     # --- the round ----------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -268,7 +297,7 @@ class RoundSession:
                     self.state = step.state
                     assert isinstance(step.message, SecAggAdvertise)
                     advert = wire.advertise_to_proto(step.message)
-                    await self._call(
+                    await self._send_phase(
                         "AdvertiseKeys",
                         lambda: self.stub.AdvertiseKeys(advert, metadata=self.metadata),
                     )
@@ -395,18 +424,20 @@ class RoundSession:
             )
         if isinstance(outgoing, ShareKeys):
             request = wire.shares_to_proto(outgoing, self.round_id)
-            await self._call(
+            await self._send_phase(
                 "ShareKeys", lambda: self.stub.ShareKeys(request, metadata=self.metadata)
             )
         elif isinstance(outgoing, ConsistencySignature):
             sig = wire.signature_to_proto(outgoing, self.round_id)
-            await self._call(
+            await self._send_phase(
                 "SubmitConsistencySignature",
                 lambda: self.stub.SubmitConsistencySignature(sig, metadata=self.metadata),
             )
         elif isinstance(outgoing, UnmaskResponse):
             unmask = wire.unmask_to_proto(outgoing, self.round_id)
-            await self._call("Unmask", lambda: self.stub.Unmask(unmask, metadata=self.metadata))
+            await self._send_phase(
+                "Unmask", lambda: self.stub.Unmask(unmask, metadata=self.metadata)
+            )
 
     async def leave(self, reason: str) -> None:
         """Tell the coordinator this agent leaves the round (best effort), so that it need

@@ -402,8 +402,11 @@ def test_share_keys_refuses_bad_shares_and_other_phases(cluster: Cluster) -> Non
         await expect(S.INVALID_ARGUMENT, stub.ShareKeys(_shares(rid, shares=good)))
         for phase in (pb.PHASE_UNSPECIFIED, 99):
             await expect(S.INVALID_ARGUMENT, stub.ShareKeys(_shares(rid, phase, shares=good)))
-        # the keys phase is over; later phases have not begun
-        await expect(S.FAILED_PRECONDITION, stub.AdvertiseKeys(_advert(rid)))
+        # the keys phase is over: an advert now is taken for a resend of the one accepted
+        # (its answer lost as the phase closed) and acknowledged without being read
+        ack = await stub.AdvertiseKeys(_advert(rid), timeout=10)
+        assert (ack.round_id, ack.phase) == (rid, ADVERTISE)
+        # later phases have not begun
         await expect(S.INVALID_ARGUMENT, stub.AdvertiseKeys(_advert(rid, SHARE)))
         await expect(S.FAILED_PRECONDITION, _upload(stub, _chunk(rid, 0, b"\0" * 8)))
         await expect(S.FAILED_PRECONDITION, stub.Unmask(_unmask(rid)))
@@ -452,7 +455,9 @@ def test_upload_refuses_bad_chunks_and_accepts_a_resend(cluster: Cluster) -> Non
             S.INVALID_ARGUMENT,
             _upload(stub, _chunk(rid, 0, first), _chunk(uuid.uuid4().hex, 2, s.chunk_bytes(2))),
         )
-        await expect(S.FAILED_PRECONDITION, stub.ShareKeys(_shares(rid)))
+        # a message of a passed phase is a resend, acknowledged unread; a later one is early
+        ack = await stub.ShareKeys(_shares(rid), timeout=10)
+        assert (ack.round_id, ack.phase) == (rid, SHARE)
         await expect(S.FAILED_PRECONDITION, stub.SubmitConsistencySignature(_signature(rid)))
         status = await stub.GetUploadStatus(pb.RoundRef(round_id=rid))
         assert list(status.received_chunks) == [0, 1]
@@ -515,10 +520,11 @@ def test_consistency_and_unmasking_refuse_bad_messages(cluster: Cluster) -> None
             stub.Unmask(_unmask(rid, session_id=session_id, key_shares=too_many)),
         )
         assert f"cohort of {COHORT}" in details
-        await expect(
-            S.FAILED_PRECONDITION,
-            stub.SubmitConsistencySignature(_signature(rid, session_id=session_id)),
+        # the signature phase is over: a signature now is a resend, acknowledged unread
+        ack = await stub.SubmitConsistencySignature(
+            _signature(rid, session_id=session_id), timeout=10
         )
+        assert (ack.round_id, ack.phase) == (rid, pb.PHASE_CONSISTENCY_CHECK)
 
     cluster.play(
         {"SubmitConsistencySignature": during_consistency_check, "Unmask": during_unmasking}

@@ -103,7 +103,11 @@ CASES = [
 
 
 def test_rounds_commit_with_a_dropout_at_every_phase(tmp_path: Path) -> None:
-    coordinator = Coordinator(tmp_path, merged(SHORT, rounds=len(CASES), cohort=5))
+    # every version's model is compared, so retention keeps them all
+    settings = merged(
+        SHORT, rounds=len(CASES), cohort=5, retention={"keep_versions": len(CASES) + 1}
+    )
+    coordinator = Coordinator(tmp_path, settings)
     coordinator.start()
     try:
 

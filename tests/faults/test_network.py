@@ -987,18 +987,6 @@ def test_a_cut_past_the_deadline_drops_the_agent_and_it_comes_back(past: Net) ->
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "defect: an agent whose accepted message closed the phase, and whose answer was lost "
-        "to a reset, sends it again after the reconnection; the coordinator answers the "
-        "resend FAILED_PRECONDITION (coordinator/round_state.py RoundState.member: "
-        "WRONG_PHASE, or a stale round once it committed) instead of as a duplicate, and "
-        "RoundSession.run takes FAILED_PRECONDITION for being dropped: the agent abandons a "
-        "round it is still in (advertise_keys: dropped in share_keys; unmasking: it records "
-        "'dropped' for a round that committed with its input and shares)"
-    ),
-)
 @pytest.mark.parametrize(
     ("phase", "name"), [PHASES[0], PHASES[-1]], ids=["advertise_keys", "unmasking"]
 )
@@ -1030,14 +1018,14 @@ def test_an_answer_lost_as_the_phase_closes_does_not_drop_the_agent(
 
     results, updates = asyncio.run(scenario())
     assert outcomes(results[1:]) == [Outcome.COMMITTED] * (COHORT - 1), results
-    [round_] = since(net, mark, [updates if name == "unmasking" else updates[1:]])
+    [round_] = since(net, mark, [updates])
     net.assert_healthy()
     assert proxy.stats().loss_resets == resets + 1  # the answer was lost
     OBSERVED.append(
         Row(
             "answer to its last message lost (reset) as the phase closes",
             name,
-            f"committed {round_['survivors']}/5; agent 0: {results[0].outcome.value} (xfail)",
+            f"committed {round_['survivors']}/5; agent 0: {results[0].outcome.value}",
             f"the agent saw {results[0].reason[:90]}; dropouts {round_['dropouts'] or 'none'}",
         )
     )

@@ -175,7 +175,8 @@ class Store(abc.ABC):
         dropped: Mapping[int, str] | None = None,
     ) -> Round:
         """End an open round as aborted, closing its current phase's timing, and delete its
-        sealed shares and revealed unmask shares (key material no one needs once it ends).
+        protocol records (advertised keys, shares, chunk receipts, signatures, unmask
+        responses: only a replay of the open round reads them).
 
         Aborting an already aborted round returns it unchanged; ``WRONG_PHASE`` if it was
         committed.
@@ -192,8 +193,8 @@ class Store(abc.ABC):
     ) -> Round:
         """In one transaction: store ``version``, end the round as committed (its phase
         UNMASKING closes), set survivors to ``version.num_clients``, mark the unmasked
-        participants and the dropped ones, and delete the round's sealed shares and revealed
-        unmask shares (key material no one needs once it ends).
+        participants and the dropped ones, and delete the round's protocol records (as
+        ``abort_round`` does).
 
         ``CONFLICT`` unless ``version.version`` is exactly one more than the latest
         version and the round trained from the latest (model versions only move forward);

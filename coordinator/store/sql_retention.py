@@ -10,8 +10,9 @@ The database is the truth about which blobs are needed (docs/architecture.md, se
   (``SELECT ... FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE`` serializes writers anyway), so a
   pin and a retention pass never cross: a version pinned first is kept, and a version
   released first cannot be pinned.
-- ``forget_round_secrets`` deletes a round's sealed shares and revealed unmask shares; the
-  round lifecycle calls it in the transaction that ends the round.
+- ``forget_round_records`` deletes what a round's secure aggregation stored: the messages
+  and receipts only a replay of the open round reads, its key material among them. The round
+  lifecycle calls it in the transaction that ends the round.
 """
 
 from __future__ import annotations
@@ -25,10 +26,19 @@ from coordinator.domain import ModelVersion, RoundOutcome
 from coordinator.errors import ErrorCode, StoreError
 from coordinator.store.rows import version_from_row
 from coordinator.store.sql_guards import require_aware
-from coordinator.store.tables import ModelVersionRow, RoundRow, ShareRow, UnmaskShareRow
+from coordinator.store.tables import (
+    AdvertisedKeysRow,
+    ConsistencySignatureRow,
+    InputChunkRow,
+    ModelVersionRow,
+    RoundRow,
+    ShareRow,
+    UnmaskResponseRow,
+    UnmaskShareRow,
+)
 
 __all__ = [
-    "forget_round_secrets",
+    "forget_round_records",
     "not_retained_message",
     "retained_blobs",
     "retire_versions",
@@ -110,8 +120,18 @@ def not_retained_message(version: ModelVersion) -> str:
     )
 
 
-def forget_round_secrets(session: Session, round_id: str) -> None:
-    """Delete the round's sealed shares and revealed unmask shares (key material that only
-    a replay of the open round reads). The rows ``status`` reads stay."""
-    session.execute(delete(UnmaskShareRow).where(UnmaskShareRow.round_id == round_id))
-    session.execute(delete(ShareRow).where(ShareRow.round_id == round_id))
+def forget_round_records(session: Session, round_id: str) -> None:
+    """Delete the round's protocol records: advertised keys, sealed shares, chunk receipts,
+    consistency signatures, unmask responses and the shares they revealed. Only a replay of
+    the open round reads them (docs/architecture.md, section 5, "Ended rounds"); what
+    ``status`` reads (the round, its participants and phase timings) stays."""
+    # unmask_shares references unmask_responses: it goes first
+    for table in (
+        UnmaskShareRow,
+        UnmaskResponseRow,
+        ConsistencySignatureRow,
+        InputChunkRow,
+        ShareRow,
+        AdvertisedKeysRow,
+    ):
+        session.execute(delete(table).where(table.round_id == round_id))

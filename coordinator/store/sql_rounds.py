@@ -32,7 +32,7 @@ from coordinator.store.sql_guards import (
     require_phase,
     require_sha256,
 )
-from coordinator.store.sql_retention import forget_round_secrets
+from coordinator.store.sql_retention import forget_round_records
 from coordinator.store.tables import (
     ClientRow,
     ParticipantRow,
@@ -190,7 +190,7 @@ def abort_round(
     dropped: Mapping[int, str] | None,
 ) -> Round:
     """See ``Store.abort_round``. Survivors are the participants not dropped; the round's
-    shares are deleted (``sql_retention.forget_round_secrets``)."""
+    protocol records are deleted (``sql_retention.forget_round_records``)."""
     require_aware("now", now)
     row = lock_round(session, round_id)
     if row.phase is RoundPhase.ABORTED:
@@ -206,7 +206,7 @@ def abort_round(
     row.finished_at = now
     row.abort_reason = reason
     row.survivors = alive
-    forget_round_secrets(session, round_id)
+    forget_round_records(session, round_id)
     session.flush()
     return round_from_row(row)
 
@@ -220,8 +220,8 @@ def commit_round(
     dropped: Mapping[int, str] | None,
 ) -> Round:
     """See ``Store.commit_round``. ``version.round_id`` must name this round
-    (``INVALID_ARGUMENT``); the round's shares are deleted
-    (``sql_retention.forget_round_secrets``)."""
+    (``INVALID_ARGUMENT``); the round's protocol records are deleted
+    (``sql_retention.forget_round_records``)."""
     require_aware("now", now)
     require_aware("version.created_at", version.created_at)
     for name in ("model_sha256", "global_update_sha256", "second_moment_sha256"):
@@ -258,7 +258,7 @@ def commit_round(
     row.outcome = RoundOutcome.COMMITTED
     row.finished_at = now
     row.survivors = version.num_clients
-    forget_round_secrets(session, round_id)
+    forget_round_records(session, round_id)
     session.flush()
     return round_from_row(row)
 

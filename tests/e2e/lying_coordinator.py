@@ -30,9 +30,10 @@ before the server is built) by ``LyingEdgeService``, a subclass of the honest
 Each lie told and each answer to it is appended to ``--record`` (default
 ``DATA_DIR/lies.jsonl``) as one JSON object per line, with ``round_id``, ``lie``,
 ``secagg_id`` and ``event`` (``told``, ``signed``, ``prompted``, ``revealed``), so a test
-can check that the lie was told and what it bought; what each participant sent on the
-honest path (``ShareKeys`` recipients, ``Unmask`` share owners) is appended as ``received``,
-since a round's shares are deleted from the store when it ends.
+can check that the lie was told and what it bought; what the coordinator accepted from each
+participant on the honest path (each phase's message: ``ShareKeys`` recipients, uploaded
+chunk indices, ``Unmask`` share owners) is appended as ``received``, since a round's
+protocol records are deleted from the store when it ends.
 """
 
 from __future__ import annotations
@@ -196,31 +197,56 @@ class LyingEdgeService(EdgeService):
         lie = self.lie
         secagg = self._targeted(context, request.round_id)
         if lie.name != "split" or secagg is None or request.round_id not in lie.session_ids:
-            return await super().SubmitConsistencySignature(request, context)
+            return await self._honest_signature(request, context)
         lie.signatures.setdefault(request.round_id, {})[secagg] = bytes(request.signature)
         lie.record(request.round_id, secagg, "signed")
         return pb.Ack(round_id=request.round_id, phase=request.phase)
 
-    def _received(self, context: Context, round_id: str, method: str, request: Any) -> None:
-        """Record what a participant sent on the honest path: a round's shares are deleted
-        when it ends, so the tests read what the coordinator obtained from here."""
+    def _received(self, context: Context, round_id: str, method: str, **detail: Any) -> None:
+        """Record what the coordinator accepted from a participant on the honest path: a
+        round's protocol records are deleted when it ends, so the tests read from here
+        what the coordinator obtained."""
         secagg = self._secagg_id(context, round_id)
-        if secagg is None:
-            return
-        if method == "ShareKeys":
-            detail = {"recipients": sorted(share.recipient for share in request.shares)}
-        else:
-            detail = {
-                "self_mask_owners": sorted(share.owner for share in request.self_mask_shares),
-                "key_owners": sorted(share.owner for share in request.key_shares),
-            }
-        self.lie.record(round_id, secagg, "received", method=method, **detail)
+        if secagg is not None:
+            self.lie.record(round_id, secagg, "received", method=method, **detail)
+
+    async def AdvertiseKeys(  # noqa: N802
+        self, request: pb.AdvertiseKeysRequest, context: Context
+    ) -> pb.Ack:
+        answer = await super().AdvertiseKeys(request, context)
+        self._received(context, request.round_id, "AdvertiseKeys")
+        return answer
 
     async def ShareKeys(  # noqa: N802
         self, request: pb.ShareKeysRequest, context: Context
     ) -> pb.Ack:
-        self._received(context, request.round_id, "ShareKeys", request)
-        return await super().ShareKeys(request, context)
+        answer = await super().ShareKeys(request, context)
+        recipients = sorted(share.recipient for share in request.shares)
+        self._received(context, request.round_id, "ShareKeys", recipients=recipients)
+        return answer
+
+    async def UploadMaskedInput(  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.MaskedInputChunk], context: Context
+    ) -> pb.UploadStatus:
+        seen: list[pb.MaskedInputChunk] = []
+
+        async def tapped() -> AsyncIterator[pb.MaskedInputChunk]:
+            async for chunk in request_iterator:
+                seen.append(chunk)
+                yield chunk
+
+        answer = await super().UploadMaskedInput(tapped(), context)
+        if seen:
+            chunks = [c.chunk_index for c in seen]
+            self._received(context, seen[0].round_id, "UploadMaskedInput", chunks=chunks)
+        return answer
+
+    async def _honest_signature(
+        self, request: pb.ConsistencySignatureRequest, context: Context
+    ) -> pb.Ack:
+        answer = await super().SubmitConsistencySignature(request, context)
+        self._received(context, request.round_id, "SubmitConsistencySignature")
+        return answer
 
     async def Unmask(  # noqa: N802
         self, request: pb.UnmaskRequest, context: Context
@@ -228,8 +254,15 @@ class LyingEdgeService(EdgeService):
         lie = self.lie
         secagg = self._targeted(context, request.round_id)
         if lie.name != "split" or secagg is None or request.round_id not in lie.session_ids:
-            self._received(context, request.round_id, "Unmask", request)
-            return await super().Unmask(request, context)
+            answer = await super().Unmask(request, context)
+            self._received(
+                context,
+                request.round_id,
+                "Unmask",
+                self_mask_owners=sorted(share.owner for share in request.self_mask_shares),
+                key_owners=sorted(share.owner for share in request.key_shares),
+            )
+            return answer
         lie.record(
             request.round_id,
             secagg,

@@ -189,9 +189,9 @@ def test_a_lowered_threshold_is_refused_before_any_share(tmp_path: Path) -> None
         try:
             cohort = _by_secagg(store, first.round_id, agents)
             shares = store.list_shares(first.round_id)
-            chunks = store.list_input_chunks(first.round_id)
-            signatures = store.list_consistency_signatures(first.round_id)
-            responses = store.list_unmask_responses(first.round_id)
+            chunks = coordinator.received(first.round_id, "UploadMaskedInput")
+            signatures = coordinator.received(first.round_id, "SubmitConsistencySignature")
+            responses = coordinator.received(first.round_id, "Unmask")
             latest = store.latest_version()
         finally:
             store.close()
@@ -226,9 +226,9 @@ def test_a_lowered_threshold_is_refused_before_any_share(tmp_path: Path) -> None
     assert {(a, b) for a, e in shared.items() for b in e["recipients"]} == {
         (a, b) for a in honest for b in range(1, 7) if a != b
     }
-    assert {c.secagg_id for c in chunks} == honest
-    assert {s.secagg_id for s in signatures} == honest
-    assert {r.secagg_id for r in responses} == honest
+    assert set(chunks) == honest
+    assert set(signatures) == honest
+    assert set(responses) == honest
     for secagg in honest:
         participant, agent = cohort[secagg]
         assert participant.status is not ParticipantStatus.DROPPED, participant
@@ -255,8 +255,8 @@ def test_a_split_view_of_the_survivors_unmasks_no_one(tmp_path: Path) -> None:
         store = coordinator.store()
         try:
             cohort = _by_secagg(store, first.round_id, agents)
-            signatures = store.list_consistency_signatures(first.round_id)
-            responses = store.list_unmask_responses(first.round_id)
+            signatures = coordinator.received(first.round_id, "SubmitConsistencySignature")
+            responses = coordinator.received(first.round_id, "Unmask")
             settings = json.loads(first.config)
             phases = [timing.phase for timing in store.list_phase_timings(first.round_id)]
             latest = store.latest_version()
@@ -278,11 +278,11 @@ def test_a_split_view_of_the_survivors_unmasks_no_one(tmp_path: Path) -> None:
         assert prompt["signers"] == sorted(told_dead)  # every signature valid over their view
     assert {e["secagg_id"] for e in lies} == told_dead
     # the round machine saw only the true view's signatures
-    assert {s.secagg_id for s in signatures} == {1, 2, 3, victim}
+    assert set(signatures) == {1, 2, 3, victim}
     # what the coordinator obtained: shares of the victim in the store, and captured by
     # the liar from the agents told it dropped
     unmasked = coordinator.received(rid, "Unmask")  # the store deletes them at the round's end
-    assert set(unmasked) == {r.secagg_id for r in responses}
+    assert set(unmasked) == set(responses)
     b_shares = sum(e["self_mask_owners"].count(victim) for e in unmasked.values())
     s_shares = sum(e["key_owners"].count(victim) for e in unmasked.values())
     for e in lies:
@@ -322,9 +322,9 @@ def test_overlapping_alive_and_dead_lists_reveal_nothing(tmp_path: Path) -> None
         store = coordinator.store()
         try:
             cohort = _by_secagg(store, first.round_id, agents)
-            chunks = store.list_input_chunks(first.round_id)
-            signatures = store.list_consistency_signatures(first.round_id)
-            responses = store.list_unmask_responses(first.round_id)
+            chunks = coordinator.received(first.round_id, "UploadMaskedInput")
+            signatures = coordinator.received(first.round_id, "SubmitConsistencySignature")
+            responses = coordinator.received(first.round_id, "Unmask")
             latest = store.latest_version()
         finally:
             store.close()
@@ -341,10 +341,10 @@ def test_overlapping_alive_and_dead_lists_reveal_nothing(tmp_path: Path) -> None
     assert participant.drop_reason == "client_aborted:alive_dead_overlap"
     expected = f"client {participant.client_id} left round {rid}: alive_dead_overlap"
     assert expected in coordinator.log()
-    assert 1 in {c.secagg_id for c in chunks}  # its masked input was in before the lie
+    assert 1 in set(chunks)  # its masked input was in before the lie
     # it neither signed nor revealed a share; the others did, b-shares only (no one dropped)
-    assert {s.secagg_id for s in signatures} == {2, 3, 4}
-    assert {r.secagg_id for r in responses} == {2, 3, 4}
+    assert set(signatures) == {2, 3, 4}
+    assert set(responses) == {2, 3, 4}
     unmasked = coordinator.received(rid, "Unmask")  # the store deletes them at the round's end
     assert set(unmasked) == {2, 3, 4}
     for secagg, entry in unmasked.items():

@@ -277,6 +277,23 @@ def _hold_until(released: asyncio.Event) -> Hook:
     return hold
 
 
+def _note_adverts(cluster: Cluster, into: dict[int, Any]) -> Hook:
+    """A hook for ShareKeys: the adverts the store holds once the keys phase has closed
+    (they are deleted with the round's other protocol records when it ends)."""
+
+    async def note(s: HookedSession) -> None:
+        def read() -> None:
+            store = cluster.store()
+            try:
+                into.update({r.secagg_id: r for r in store.list_advertised_keys(s.round_id)})
+            finally:
+                store.close()
+
+        await asyncio.to_thread(read)
+
+    return note
+
+
 _DROPOUTS = re.compile(
     r'^fedadamw_round_dropouts_total\{phase="advertise_keys",reason="invalid_message"\} (\S+)$',
     re.MULTILINE,
@@ -329,10 +346,12 @@ def test_a_signed_small_order_key_drops_its_sender_and_the_rest_commit(
         finally:
             released.set()
 
+    adverts: dict[int, object] = {}
     played = cluster.play(
         lambda outsider: {
             0: {"AdvertiseKeys": advertise_a_small_order_key},
             1: {"AdvertiseKeys": _hold_until(released)},
+            2: {"ShareKeys": _note_adverts(cluster, adverts)},
         },
         survivors=[1, 2, 3],
     )
@@ -345,9 +364,9 @@ def test_a_signed_small_order_key_drops_its_sender_and_the_rest_commit(
     store = cluster.store()
     try:
         participants = {p.client_id: p for p in store.list_participants(played.round_id)}
-        advertised = {r.secagg_id for r in store.list_advertised_keys(played.round_id)}
     finally:
         store.close()
+    advertised = set(adverts)
     bad = participants[malicious.client_id]
     assert bad.status is ParticipantStatus.DROPPED
     assert bad.dropped_in is RoundPhase.ADVERTISE_KEYS
@@ -517,17 +536,21 @@ def test_another_clients_certificate_or_advert_does_not_harm_the_round(cluster: 
             config = await s.stub.GetRoundConfig(pb.RoundRef(round_id=rid), timeout=10)
             assert config.phase == ADVERTISE
 
-        return {0: {"AdvertiseKeys": during_advertise_keys}}
+        return {
+            0: {"AdvertiseKeys": during_advertise_keys},
+            2: {"ShareKeys": _note_adverts(cluster, noted)},
+        }
 
+    noted: dict[int, Any] = {}
     played = cluster.play(hooks)
     assert len(outcomes) == 5, outcomes
     # the advert stored for the victim is the one its own session sent, not the stolen one
     store = cluster.store()
     try:
         participants = {p.client_id: p for p in store.list_participants(played.round_id)}
-        adverts = {r.secagg_id: r for r in store.list_advertised_keys(played.round_id)}
     finally:
         store.close()
+    adverts = noted
     assert all(p.status is not ParticipantStatus.DROPPED for p in participants.values())
     assert len(adverts) == COHORT
     (stolen,) = stolen_adverts

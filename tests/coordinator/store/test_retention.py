@@ -18,9 +18,11 @@ from coordinator.store.sql import SqlStore
 from .factories import (
     advance_to,
     at,
+    chunk,
     keys,
     raises_code,
     shares,
+    signature,
     start_round,
     unmask,
     version,
@@ -159,7 +161,9 @@ def test_a_crash_between_release_and_delete_leaves_only_orphans(
     assert store.get_version(1).blobs_deleted_at == at(900)
 
 
-def test_an_ended_round_keeps_what_status_reads_and_loses_its_shares(store: SqlStore) -> None:
+def test_an_ended_round_keeps_what_status_reads_and_loses_its_protocol_records(
+    store: SqlStore,
+) -> None:
     for round_id, number, ends in (("r0", 0, "commit"), ("r1", 1, "abort")):
         start_round(store, round_id, clients=3, number=number)
         for sender in (1, 2, 3):
@@ -167,21 +171,28 @@ def test_an_ended_round_keeps_what_status_reads_and_loses_its_shares(store: SqlS
         advance_to(store, round_id, RoundPhase.SHARE_KEYS)
         for sender in (1, 2, 3):
             store.add_shares(round_id, sender, shares(round_id, sender, [1, 2, 3]))
+        advance_to(store, round_id, RoundPhase.MASKED_INPUT)
+        for sender in (1, 2, 3):
+            store.add_input_chunk(chunk(round_id, sender, 0))
+        advance_to(store, round_id, RoundPhase.CONSISTENCY_CHECK)
+        for sender in (1, 2, 3):
+            store.add_consistency_signature(signature(round_id, sender))
         advance_to(store, round_id, RoundPhase.UNMASKING)
         for holder in (1, 2, 3):
             store.add_unmask_response(unmask(round_id, holder, survivors=[1, 2, 3]))
         assert len(store.list_shares(round_id)) == 9
+        assert len(store.list_input_chunks(round_id)) == 3
+        assert len(store.list_consistency_signatures(round_id)) == 3
+        assert len(store.list_advertised_keys(round_id)) == 3
         if ends == "commit":
             store.commit_round(round_id, version=version(1, round_id=round_id), now=at(600))
         else:
             store.abort_round(round_id, reason="closed", now=at(700))
+        # every protocol record goes: keys, shares, receipts, signatures, responses
         assert store.list_shares(round_id) == []
-        answered = store.list_unmask_responses(round_id)
-        assert [(r.secagg_id, r.self_mask_shares, r.key_shares) for r in answered] == [
-            (1, (), ()),
-            (2, (), ()),
-            (3, (), ()),
-        ]
-        assert len(store.list_advertised_keys(round_id)) == 3  # public keys, signatures
+        assert store.list_unmask_responses(round_id) == []
+        assert store.list_advertised_keys(round_id) == []
+        assert store.list_input_chunks(round_id) == []
+        assert store.list_consistency_signatures(round_id) == []
         assert len(store.list_participants(round_id)) == 3  # what status reads
         assert store.list_phase_timings(round_id)[-1].phase is RoundPhase.UNMASKING

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.test_leader import Instance
+from tests.faults.test_store_outage import Relay
+
 from .harness import drop_postgres_schema, free_port, postgres_schema_or_skip
-from .test_leader import Instance
-from .test_store_outage import Relay
 
 EXIT_DATABASE_UNAVAILABLE = 1
 RETRYING = "trying again in"

@@ -18,6 +18,7 @@ from pathlib import Path
 from coordinator.domain import ParticipantStatus, RoundPhase
 from coordinator.store.sql import SqlStore, default_sqlite_url
 from tests.e2e.harness import FAST, AgentProcess, Coordinator, enrolled_agents, merged
+from tests.faults import matrix
 
 SETTINGS = merged(
     FAST,
@@ -96,3 +97,10 @@ def test_an_agent_stopped_past_its_deadline_is_dropped_and_rejoins_when_continue
     # the thawed agent did not hammer the coordinator for the round it lost
     assert log.count(f"round {round_id}:") < 20, log[-3000:]
     assert "Traceback" not in log
+    matrix.record(
+        "agent SIGSTOP",
+        "1 of 5 agents stopped while training, continued after the round ended",
+        "masked_input",
+        "committed 4/5; the next round 5/5",
+        "dropped in masked_input; on SIGCONT it logged the round as dropped and rejoined",
+    )

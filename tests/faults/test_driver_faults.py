@@ -22,11 +22,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from coordinator.blobs import BlobStore
 from coordinator.domain import ParticipantStatus, RoundPhase
 from edge_client.session import Outcome, RoundSession
+from tests.e2e.harness import FAST, Coordinator, TestAgent, merged
+from tests.e2e.test_dropouts import Known
+from tests.faults import matrix
+from tests.faults.test_crash import _gated, _store, _wait_durable
 from wire.v1 import edge_pb2 as pb
-
-from .harness import FAST, Coordinator, TestAgent, merged
-from .test_crash import _gated, _store, _wait_durable
-from .test_dropouts import Known
 
 SETTINGS = merged(
     FAST,
@@ -155,6 +155,14 @@ def test_an_unwritable_blob_store_at_commit_stalls_loudly_then_the_round_commits
             store.close()
         np.testing.assert_allclose(
             x1, x0 + np.mean([u.sent["delta"] for u in updates], axis=0), atol=2e-6
+        )
+        matrix.record(
+            "blob store read-only",
+            "blob directory replaced by a file (unusable even for root)",
+            "unmasking (commit)",
+            "committed 3/3, exact mean; the next round too",
+            "driver stalled: ERROR, driver_faults_total{stage=commit}, NOT_SERVING; 1-4 retries "
+            "in 2 s; recovered",
         )
     finally:
         if away.exists():

@@ -54,6 +54,7 @@ from tests.e2e.harness import (
     free_port,
     merged,
 )
+from tests.faults import matrix
 from tests.faults.proxy import FaultProxy, Loss
 from wire.v1 import edge_pb2 as pb
 from wire.v1 import edge_pb2_grpc as pb_grpc
@@ -601,6 +602,8 @@ def report_table(request: pytest.FixtureRequest) -> Iterator[None]:
     if not OBSERVED:
         return
     text = table(OBSERVED)
+    for row in OBSERVED:
+        matrix.record("network", row.fault, row.phase, row.outcome, row.detail)
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line("\n" + text)

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import FAST, Coordinator, enrolled_agents, merged
+from tests.faults import matrix
 
 SETTINGS = merged(
     FAST,
@@ -147,3 +148,11 @@ def test_a_full_spool_is_retried_and_the_round_commits_when_space_returns(
     agent_logs = [agent.log() for agent in agents]
     assert any("cannot store data now" in text for text in agent_logs)
     assert all("round" in text and "committed" in text for text in agent_logs)
+    matrix.record(
+        "blob store full",
+        f"spool on a 4 MiB tmpfs, 48 KiB free, full for {HOLD_SECONDS:.0f} s",
+        "masked_input",
+        "committed 4/4 once space returned",
+        f"{refused:.0f} uploads refused UNAVAILABLE ('cannot store data now') in "
+        f"{HOLD_SECONDS:.0f} s, none INTERNAL; one ERROR, dependency_failing=1, then recovered",
+    )

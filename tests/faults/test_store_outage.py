@@ -34,9 +34,7 @@ from grpc_health.v1 import health_pb2
 from coordinator.blobs import BlobStore
 from coordinator.domain import ParticipantStatus, RoundPhase
 from edge_client.session import Outcome, RoundSession
-from wire.v1 import edge_pb2 as pb
-
-from .harness import (
+from tests.e2e.harness import (
     FAST,
     PG_URL,
     Coordinator,
@@ -45,9 +43,11 @@ from .harness import (
     merged,
     postgres_url_for_schema,
 )
-from .test_crash import _gated, _store, _wait_durable
-from .test_driver_faults import _health, _metric, _until
-from .test_dropouts import Known
+from tests.e2e.test_dropouts import Known
+from tests.faults import matrix
+from tests.faults.test_crash import _gated, _store, _wait_durable
+from tests.faults.test_driver_faults import _health, _metric, _until
+from wire.v1 import edge_pb2 as pb
 
 SETTINGS = merged(
     FAST,
@@ -259,6 +259,14 @@ def test_store_connections_lost_across_a_phase_close_stall_loudly_then_resume(
     assert log.count("WARNING coordinator.outages: the database recovered after") == 1
     assert "refused (store_unavailable)" not in log  # not once per request
     _check_committed(coordinator, updates)
+    matrix.record(
+        "database stopped",
+        "the store's connections reset and refused (the lock's session lives)",
+        "unmasking (across its close)",
+        "committed 3/3, exact mean; the next round too",
+        "driver stalled (ERROR, NOT_SERVING), one WARNING at the start and one at recovery",
+        backend="postgresql",
+    )
 
 
 def test_postgres_down_across_a_phase_close_the_leader_exits_and_its_restart_resumes(
@@ -274,3 +282,11 @@ def test_postgres_down_across_a_phase_close_the_leader_exits_and_its_restart_res
     assert coordinator.starts == 2
     assert "resumed round 0" in coordinator.log()
     _check_committed(coordinator, updates)
+    matrix.record(
+        "database stopped",
+        "every connection reset and refused, the leader lock's too",
+        "unmasking (across its close)",
+        "committed 3/3 after a restart, exact mean; the next round too",
+        "the coordinator exited 4 (lock lost); restarted, 'resumed round 0'",
+        backend="postgresql",
+    )

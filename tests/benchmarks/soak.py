@@ -2,7 +2,7 @@
 restarted, sampling what could leak (``make soak``).
 
     python -m tests.benchmarks.soak [--rounds 200] [--agents 6] [--restart-every 50]
-                                    [--kill-rate 0.15] [--out runs/soak]
+                                    [--kill-rate 0.15] [--vacuum-every 10] [--out runs/soak]
 
 A real ``fedadamw-coordinator run`` (mutual TLS, PostgreSQL in a schema of its own) and real
 ``fedadamw-edge run`` agents train the built-in digits task. After each round that ends
@@ -14,6 +14,10 @@ and spool's bytes on disk. It writes ``samples.csv`` and ``soak.png`` into ``--o
 prints a summary line per quantity: its mean over the first and the last quarter of the
 rounds, and the slope of a least-squares line per 100 rounds. A quantity is flat when its
 last quarter is within 25% (and 8 MiB) of its first; the exit code is 1 if one is not.
+
+Each round's end deletes its protocol records, which PostgreSQL's autovacuum makes reusable.
+Where a server has autovacuum off, the soak VACUUMs its schema every ``--vacuum-every``
+rounds in its place, and says so: without it, the database grows by the deleted rows.
 """
 
 from __future__ import annotations
@@ -88,6 +92,31 @@ def _database_bytes(schema: str) -> int:
     return int(row[0]) if row else 0
 
 
+def _pg(query: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    import psycopg
+
+    from tests.e2e.harness import PG_URL
+
+    base = PG_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(base, autocommit=True) as conn:
+        cursor = conn.execute(query, params)
+        return list(cursor.fetchall()) if cursor.description else []
+
+
+def _autovacuum_on() -> bool:
+    return _pg("SHOW autovacuum")[0][0] == "on"
+
+
+def _vacuum(schema: str) -> None:
+    """What autovacuum does on a default server: reclaim the rows deleted at each round's
+    end for reuse (a plain VACUUM; the files keep their size)."""
+    tables = _pg(
+        "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY tablename", (schema,)
+    )
+    for (table,) in tables:
+        _pg(f'VACUUM "{schema}"."{table}"')
+
+
 def _rounds_ended(store: SqlStore) -> list[tuple[int, str]]:
     """(number, outcome) of every round that has ended, in order."""
     return sorted(
@@ -117,6 +146,13 @@ def soak(args: argparse.Namespace) -> list[Sample]:
     rng = random.Random(args.seed)
     samples: list[Sample] = []
     restarts = kills = 0
+    vacuum_every = 0 if _autovacuum_on() else args.vacuum_every
+    if vacuum_every:
+        print(
+            f"autovacuum is off on this PostgreSQL server: the soak runs VACUUM on its schema "
+            f"every {vacuum_every} rounds in its place",
+            flush=True,
+        )
     try:
         for agent in agents:
             agent.start()
@@ -155,6 +191,8 @@ def soak(args: argparse.Namespace) -> list[Sample]:
                     f"spool {sample.spool_bytes / 2**10:7.1f} KiB",
                     flush=True,
                 )
+                if vacuum_every and seen % vacuum_every == 0:
+                    _vacuum(schema)
                 if seen % args.restart_every == 0 and seen < args.rounds:
                     coordinator.kill(signal.SIGKILL)
                     coordinator.start()
@@ -237,6 +275,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--restart-every", type=int, default=50)
     parser.add_argument("--kill-rate", type=float, default=0.15)
     parser.add_argument("--round-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--vacuum-every",
+        type=int,
+        default=10,
+        help="where the server's autovacuum is off, VACUUM the schema every N rounds in its "
+        "place (0: never); default 10",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/soak")
     parser.add_argument("--quick", action="store_true", help="20 rounds, a restart every 10")

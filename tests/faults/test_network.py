@@ -1029,7 +1029,7 @@ def test_an_answer_lost_as_the_phase_closes_does_not_drop_the_agent(
             "answer to its last message lost (reset) as the phase closes",
             name,
             f"committed {round_['survivors']}/5; agent 0: {results[0].outcome.value}",
-            f"the agent saw {results[0].reason[:90]}; dropouts {round_['dropouts'] or 'none'}",
+            f"it sent the message again and stayed in; dropouts {round_['dropouts'] or 'none'}",
         )
     )
     assert results[0].outcome is Outcome.COMMITTED, results[0]

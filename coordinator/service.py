@@ -36,7 +36,7 @@ from coordinator.round_state import RoundState
 from coordinator.store import Store
 from coordinator.tokens import hash_token
 from secure_agg import ClientMessage
-from wire import DOWNLOAD_CHUNK_BYTES
+from wire import DOWNLOAD_CHUNK_BYTES, REFUSAL_TRAILER
 from wire.v1 import edge_pb2 as pb
 from wire.v1 import edge_pb2_grpc as pb_grpc
 
@@ -242,7 +242,9 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
             level = logging.INFO
         log.log(level, "%s refused (%s): %s", method, error.code.value, error.message)
         self._count(method, status, started)
-        await context.abort(status, message)
+        await context.abort(
+            status, message, trailing_metadata=((REFUSAL_TRAILER, error.code.value),)
+        )
 
     async def _caller(self, context: Context, cost: float = 1.0) -> int:
         client = await self.auth.client(context, cost=cost)

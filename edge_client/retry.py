@@ -42,6 +42,8 @@ from typing import TypeVar
 
 import grpc
 
+from wire import REFUSAL_TRAILER
+
 __all__ = [
     "CHANNEL_OPTIONS",
     "CHECK_IN",
@@ -123,6 +125,21 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_reconnect_backoff_ms", 5_000),
 )
 """Channel options for every channel the agent opens to the coordinator."""
+
+
+def answered(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether the coordinator itself ended the call with this status (it marks its
+    refusals with ``wire.REFUSAL_TRAILER``), rather than the link or gRPC failing."""
+    return any(key == REFUSAL_TRAILER for key, _ in exc.trailing_metadata() or ())
+
+
+def describe(exc: grpc.aio.AioRpcError) -> str:
+    """A word or two on a failure, for the retry log line."""
+    code = exc.code()
+    if code is grpc.StatusCode.UNAVAILABLE and answered(exc):
+        return "answered: not now"  # it is up, but cannot serve this now (storage, database)
+    return _DESCRIBE.get(code, "error")
+
 
 _DESCRIBE = {
     grpc.StatusCode.UNAVAILABLE: "unreachable",
@@ -265,7 +282,7 @@ class Retrier:
             self.level,
             "%s: coordinator %s (%s: %s); %s in %.1fs",
             self.what,
-            _DESCRIBE.get(code, "error"),
+            describe(exc),
             code.name,
             (exc.details() or "")[:200],
             self.action,

@@ -7,6 +7,8 @@ must do the same way is here, once:
 - ``DOWNLOAD_CHUNK_BYTES``: the size of a blob download's chunks (a resumed download names
   the chunk it starts from, so both sides must count chunks alike);
 - ``INSECURE_CLIENT_HEADER``: the metadata that names the caller when TLS is off;
+- ``REFUSAL_TRAILER``: the trailing metadata with which the coordinator marks its own
+  refusals (so an agent tells "the coordinator answered UNAVAILABLE" from "no answer");
 - ``enrollment_payload``: what an agent's identity key signs to enroll;
 - ``Segment``: the names of the segments of a masked update;
 - ``write_atomically`` (``wire.files``): the durable replace of a file, for the
@@ -26,6 +28,7 @@ __all__ = [
     "DOWNLOAD_CHUNK_BYTES",
     "ENROLL_SIGNATURE_CONTEXT",
     "INSECURE_CLIENT_HEADER",
+    "REFUSAL_TRAILER",
     "Segment",
     "enrollment_payload",
     "fsync_dir",
@@ -37,6 +40,10 @@ DOWNLOAD_CHUNK_BYTES = 1 << 20
 
 INSECURE_CLIENT_HEADER = "fedadamw-client-id"
 """With ``--insecure`` (loopback development only), the metadata key naming the caller."""
+
+REFUSAL_TRAILER = "fedadamw-refusal"
+"""The trailing-metadata key of every status the coordinator itself ends a call with; its
+value is the coordinator's error code (such as ``storage_unavailable``)."""
 
 ENROLL_SIGNATURE_CONTEXT = b"fedadamw-enroll-v1"
 

@@ -17,9 +17,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_client import retry
 from edge_client.agent import Agent
 from edge_client.enrollment import AGENT_CHANNEL_OPTIONS
-from edge_client.retry import CHECK_IN, DOWNLOAD, ROUND, Retrier, RetryPolicy, call_with_retry
+from edge_client.retry import (
+    CHECK_IN,
+    DOWNLOAD,
+    ROUND,
+    Retrier,
+    RetryPolicy,
+    call_with_retry,
+    describe,
+)
 from edge_client.session import Outcome, RoundInputs, RoundSession, SessionError
 from secure_agg import ErrorCode, SecAggError, SegmentLayout
+from wire import REFUSAL_TRAILER
 from wire.v1 import edge_pb2 as pb
 
 Code = grpc.StatusCode
@@ -253,6 +262,16 @@ def test_each_retry_is_logged_with_code_and_details(caplog: pytest.LogCaptureFix
     assert record.getMessage().startswith(
         "Unmask: coordinator unreachable (UNAVAILABLE: failed to connect); retrying in "
     )
+
+
+def test_an_unavailable_the_coordinator_sent_is_not_called_unreachable() -> None:
+    marked = grpc.aio.Metadata((REFUSAL_TRAILER, "storage_unavailable"))
+    answered = grpc.aio.AioRpcError(
+        Code.UNAVAILABLE, grpc.aio.Metadata(), marked, details="cannot store data now"
+    )
+    assert describe(answered) == "answered: not now"
+    assert describe(_error(Code.UNAVAILABLE, "failed to connect")) == "unreachable"
+    assert describe(_error(Code.DEADLINE_EXCEEDED)) == "too slow"
 
 
 def test_agent_channels_reconnect_within_seconds() -> None:

@@ -146,7 +146,15 @@ def test_a_full_spool_is_retried_and_the_round_commits_when_space_returns(
     assert "the storage recovered after" in log
     assert "Traceback" not in log
     agent_logs = [agent.log() for agent in agents]
-    assert any("cannot store data now" in text for text in agent_logs)
+    # the agent says the coordinator answered (it is up), not that it is unreachable
+    assert any(
+        "coordinator answered: not now (UNAVAILABLE: the coordinator cannot store data now" in text
+        for text in agent_logs
+    ), agent_logs[0][-3000:]
+    assert not any(
+        "coordinator unreachable (UNAVAILABLE: the coordinator cannot store" in text
+        for text in agent_logs
+    )
     assert all("round" in text and "committed" in text for text in agent_logs)
     matrix.record(
         "blob store full",

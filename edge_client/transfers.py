@@ -61,20 +61,26 @@ async def download_blob(
     if part.exists():
         data = part.read_bytes()
         size = DOWNLOAD_CHUNK_BYTES
-        whole = len(data) - len(data) % size
+        # whole chunks only, but all of it once it holds the blob's every byte (the last
+        # chunk of a blob is short)
+        whole = len(data) if len(data) == ref.size else len(data) - len(data) % size
         chunks = [data[i : i + size] for i in range(0, whole, size)]
         if whole != len(data):
             part.write_bytes(data[:whole])
-    while True:
+    received = sum(len(c) for c in chunks)
+    # Until every byte is here: a stream whose last chunk came but whose status was lost
+    # (a reset) is not asked for again, from a chunk past the blob's end.
+    while received < ref.size:
         try:
             async for chunk in stub.DownloadBlob(request(len(chunks)), metadata=metadata):
                 if chunk.index != len(chunks):
                     raise SessionError.aborted("the download skipped a chunk")
                 chunks.append(bytes(chunk.data))
+                received += len(chunk.data)
                 on_bytes(len(chunk.data))
                 with part.open("ab") as handle:
                     handle.write(chunk.data)
-                progress("download", sum(len(c) for c in chunks), int(ref.size))
+                progress("download", received, int(ref.size))
             break
         except grpc.aio.AioRpcError as exc:
             await retrier.pause(exc)

@@ -38,3 +38,51 @@ def test_prune_keeps_the_rounds_blobs_and_their_partial_downloads(tmp_path: Path
     assert sorted(p.name for p in cache.iterdir()) == sorted(names[:3])
     assert prune_cache(cache, keep=keep) == []
     assert prune_cache(tmp_path / "never-made", keep=keep) == []
+
+
+def test_a_download_whose_status_was_lost_after_its_last_chunk_ends_from_its_part_file(
+    tmp_path: Path,
+) -> None:
+    """Caught by the network tests: a reset after the blob's last chunk but before the
+    stream's status left the whole blob in ``SHA.part``, and the retry asked for the chunk
+    past the end (INVALID_ARGUMENT), so the agent left the round. Now a part file that holds
+    every byte is finished without a call; one that lacks bytes still calls. The channel
+    leads nowhere: any call fails UNAVAILABLE, and the retrier, past its deadline, gives up."""
+    import asyncio
+
+    import grpc
+    import numpy as np
+    import pytest
+
+    from edge_client.retry import ROUND, Retrier
+    from edge_client.transfers import download_blob
+    from tests.e2e.harness import free_port
+    from wire.v1 import edge_pb2_grpc as pb_grpc
+
+    values = np.arange(300, dtype="<f4")
+    data = values.tobytes()
+    ref = pb.BlobRef(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+
+    async def download(part: bytes) -> np.ndarray:
+        (cache / f"{ref.sha256}.part").write_bytes(part)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as channel:
+            return await download_blob(
+                pb_grpc.EdgeServiceStub(channel),
+                ref,
+                "<f4",
+                cache_dir=cache,
+                request=lambda start: pb.DownloadRequest(sha256=ref.sha256, start_chunk=start),
+                metadata=(),
+                retrier=Retrier(ROUND, what="download", deadline=0.0),
+                progress=lambda what, done, total: None,
+                on_bytes=lambda size: None,
+            )
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        asyncio.run(download(data[:-4]))  # a byte short: it must ask
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+    np.testing.assert_array_equal(asyncio.run(download(data)), values)  # whole: no call
+    assert (cache / ref.sha256).read_bytes() == data
+    assert not (cache / f"{ref.sha256}.part").exists()

@@ -51,6 +51,7 @@ Every key is optional; the defaults train the built-in ``digits-cnn`` task. A fu
     [retention]                 # docs/architecture.md, section 5
     keep_versions = 5           # the newest model versions whose blobs are kept (at least 1),
                                 # besides pinned ones (exported, or `version pin N`)
+    keep_rounds = 1000          # the newest rounds `status` keeps as history (at least 1)
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ class RetentionSettings:
     """What the coordinator keeps of past model versions (docs/architecture.md, section 5)."""
 
     keep_versions: int = 5
+    keep_rounds: int = 1000
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,11 @@ class CoordinatorConfig:
                 f"[retention] keep_versions must be at least 1, got "
                 f"{self.retention.keep_versions}: the latest version is the one the open "
                 "round trains from and a restart resumes from"
+            )
+        if self.retention.keep_rounds < 1:
+            raise _invalid(
+                f"[retention] keep_rounds must be at least 1, got {self.retention.keep_rounds}: "
+                "the newest round numbers the next one"
             )
 
     @property

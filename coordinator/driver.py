@@ -461,6 +461,7 @@ class RoundDriver:
             self.store,
             self.blobs,
             keep_versions=self.config.retention.keep_versions,
+            keep_rounds=self.config.retention.keep_rounds,
             now=self.clock(),
         )
         self.listener.retention_applied(report)

@@ -240,6 +240,11 @@ class ObservingListener:
                 report.blob_count,
                 report.blob_bytes,
             )
+        if report.forgotten_rounds:
+            log.info(
+                "retention: deleted %d ended rounds from the history ([retention] keep_rounds)",
+                report.forgotten_rounds,
+            )
         if report.missing_blobs:
             log.warning(
                 "retention: %d blobs that retained model versions name are missing from the "

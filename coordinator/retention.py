@@ -6,9 +6,12 @@ and of the version an open round trains from. A pass, :func:`apply_retention`:
 
 1. ``Store.retire_versions`` releases, in one transaction, every other version: its row
    stays, as history, with ``blobs_deleted_at`` set;
-2. only then the blob store deletes every blob that no retained version names: the ones
+2. ``Store.forget_rounds`` deletes the ended rounds older than the newest
+   ``[retention] keep_rounds`` (the history ``status`` shows), with the released versions
+   they made;
+3. only then the blob store deletes every blob that no retained version names: the ones
    just released, and any that a crash left behind (a pass cut short between 1 and 2, or a
-   commit cut short after it wrote the new version's blobs).
+   commit cut short after it wrote the new version's blobs). Steps 1 and 2 touch rows only.
 
 The database is the truth: a crash at any point leaves unreferenced blobs at worst, never a
 retained version without its blobs, and the next pass removes them. The round driver runs a
@@ -38,6 +41,7 @@ class RetentionReport:
 
     released: tuple[int, ...]  # versions whose blobs this pass released
     deleted_blobs: int  # blob files deleted: released ones and orphans
+    forgotten_rounds: int  # ended rounds this pass deleted from the history
     retained_versions: int  # versions whose blobs are kept
     missing_blobs: int  # blobs a retained version names that are not stored (restored badly?)
     blob_count: int  # blobs stored after the pass
@@ -45,10 +49,11 @@ class RetentionReport:
 
 
 def apply_retention(
-    store: Store, blobs: BlobStore, *, keep_versions: int, now: datetime
+    store: Store, blobs: BlobStore, *, keep_versions: int, keep_rounds: int, now: datetime
 ) -> RetentionReport:
     """One pass of the policy (see the module docstring). Blocks on the database and disk."""
     released = store.retire_versions(keep=keep_versions, now=now)
+    forgotten = store.forget_rounds(keep=keep_rounds)
     referenced = store.retained_blobs()  # read after the release committed
     stored = blobs.names()
     deleted = 0
@@ -60,6 +65,7 @@ def apply_retention(
     return RetentionReport(
         released=tuple(v.version for v in released),
         deleted_blobs=deleted,
+        forgotten_rounds=len(forgotten),
         retained_versions=sum(1 for v in store.list_versions() if v.retained),
         missing_blobs=len(referenced - set(stored)),
         blob_count=count,

@@ -308,6 +308,13 @@ class Store(abc.ABC):
     def retained_blobs(self) -> frozenset[str]:
         """The sha256 of every blob that a retained version names."""
 
+    @abc.abstractmethod
+    def forget_rounds(self, *, keep: int) -> list[str]:
+        """Delete every ended round but the ``keep`` newest, with its participants, phase
+        timings and the versions it made whose blobs are released; returns their ids,
+        oldest first. A retained version a deleted round made stays, with ``round_id``
+        None. ``INVALID_ARGUMENT`` for ``keep < 1``."""
+
     # --- audit --------------------------------------------------------------------------
 
     @abc.abstractmethod

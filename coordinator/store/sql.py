@@ -387,6 +387,10 @@ class SqlStore(Store):
         with self._db.transaction(write=False) as session:
             return sql_retention.retained_blobs(session)
 
+    def forget_rounds(self, *, keep: int) -> list[str]:
+        with self._db.transaction(write=True) as session:
+            return sql_retention.forget_rounds(session, keep=keep)
+
     # --- audit --------------------------------------------------------------------------
 
     def audit(self, event: AuditEvent) -> None:

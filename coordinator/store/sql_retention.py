@@ -13,13 +13,18 @@ The database is the truth about which blobs are needed (docs/architecture.md, se
 - ``forget_round_records`` deletes what a round's secure aggregation stored: the messages
   and receipts only a replay of the open round reads, its key material among them. The round
   lifecycle calls it in the transaction that ends the round.
+- ``forget_rounds`` bounds the round history: it deletes the ended rounds older than the
+  ``keep`` newest, with their participants and phase timings, and the model versions they
+  made whose blobs are already released. A version whose blobs are kept stays, with
+  ``round_id`` cleared. The newest round and the latest version are always kept, so round
+  and version numbers (the highest plus one) never repeat.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from coordinator.domain import ModelVersion, RoundOutcome
@@ -31,6 +36,8 @@ from coordinator.store.tables import (
     ConsistencySignatureRow,
     InputChunkRow,
     ModelVersionRow,
+    ParticipantRow,
+    PhaseTimingRow,
     RoundRow,
     ShareRow,
     UnmaskResponseRow,
@@ -39,6 +46,7 @@ from coordinator.store.tables import (
 
 __all__ = [
     "forget_round_records",
+    "forget_rounds",
     "not_retained_message",
     "retained_blobs",
     "retire_versions",
@@ -120,18 +128,55 @@ def not_retained_message(version: ModelVersion) -> str:
     )
 
 
+# A round's protocol records, children first: unmask_shares references unmask_responses,
+# and each references a participant.
+_PROTOCOL_RECORDS = (
+    UnmaskShareRow,
+    UnmaskResponseRow,
+    ConsistencySignatureRow,
+    InputChunkRow,
+    ShareRow,
+    AdvertisedKeysRow,
+)
+
+
 def forget_round_records(session: Session, round_id: str) -> None:
     """Delete the round's protocol records: advertised keys, sealed shares, chunk receipts,
     consistency signatures, unmask responses and the shares they revealed. Only a replay of
     the open round reads them (docs/architecture.md, section 5, "Ended rounds"); what
     ``status`` reads (the round, its participants and phase timings) stays."""
-    # unmask_shares references unmask_responses: it goes first
-    for table in (
-        UnmaskShareRow,
-        UnmaskResponseRow,
-        ConsistencySignatureRow,
-        InputChunkRow,
-        ShareRow,
-        AdvertisedKeysRow,
-    ):
+    for table in _PROTOCOL_RECORDS:
         session.execute(delete(table).where(table.round_id == round_id))
+
+
+def forget_rounds(session: Session, *, keep: int) -> list[str]:
+    """Delete every ended round but the ``keep`` newest (by number), with its participants
+    and phase timings, and the versions they made whose blobs are released; returns their
+    ids, oldest first. A running round is never deleted, and a version whose blobs are kept
+    (pinned, or among the newest) stays, with ``round_id`` cleared.
+
+    ``INVALID_ARGUMENT`` for ``keep < 1``: the newest round numbers the next one.
+    """
+    if keep < 1:
+        raise StoreError(ErrorCode.INVALID_ARGUMENT, f"keep must be at least 1, got {keep}")
+    kept_from = (
+        select(RoundRow.number).order_by(RoundRow.number.desc()).offset(keep - 1).limit(1)
+    ).scalar_subquery()
+    doomed = list(
+        session.scalars(
+            select(RoundRow.round_id)
+            .where(RoundRow.number < kept_from, RoundRow.outcome != RoundOutcome.RUNNING)
+            .order_by(RoundRow.number)
+        )
+    )
+    # Children first, explicitly, on either backend; a version's round_id has no cascade.
+    # Batches keep each IN list well under either backend's parameter limit.
+    for start in range(0, len(doomed), 500):
+        batch = doomed[start : start + 500]
+        made = ModelVersionRow.round_id.in_(batch)
+        released = ModelVersionRow.blobs_deleted_at.is_not(None)
+        session.execute(delete(ModelVersionRow).where(made, released))
+        session.execute(update(ModelVersionRow).where(made).values(round_id=None))
+        for table in (*_PROTOCOL_RECORDS, ParticipantRow, PhaseTimingRow, RoundRow):
+            session.execute(delete(table).where(table.round_id.in_(batch)))
+    return doomed

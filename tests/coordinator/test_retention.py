@@ -1,4 +1,5 @@
-"""The retention settings: ``[retention] keep_versions``, at least the latest version."""
+"""The retention settings: ``[retention] keep_versions``, at least the latest version, and
+``keep_rounds``, at least the newest round."""
 
 from __future__ import annotations
 
@@ -38,3 +39,16 @@ def test_unknown_retention_settings_are_named(tmp_path: Path) -> None:
     path.write_text('[retention]\nkeep_versions = "all"\n')
     with pytest.raises(CoordinatorError, match="keep_versions must be a int"):
         load_config(path)
+
+
+def test_keep_rounds_defaults_to_a_thousand_and_must_keep_the_newest(tmp_path: Path) -> None:
+    assert CoordinatorConfig().retention.keep_rounds == 1000
+    path = tmp_path / "c.toml"
+    path.write_text("[retention]\nkeep_rounds = 20\n")
+    assert load_config(path).retention.keep_rounds == 20
+    path.write_text("[retention]\nkeep_rounds = 0\n")
+    with pytest.raises(CoordinatorError) as caught:
+        load_config(path)
+    assert caught.value.code is ErrorCode.INVALID_ARGUMENT
+    assert "[retention] keep_rounds must be at least 1, got 0" in str(caught.value)
+    assert "the newest round numbers the next one" in str(caught.value)

@@ -6,8 +6,9 @@ directory holds the blobs of the pinned version and of the newest two only; the 
 versions stay in ``status`` and cannot be exported or pinned, every round is still listed,
 and each agent's cache holds only its last round's blobs. Then the coordinator is killed as
 if between the two steps of a pass (the database released a version, its blobs are still on
-disk, and a commit left an orphan blob behind); the pass at its next start removes exactly
-those. The store contract suite runs the same policy on PostgreSQL.
+disk, and a commit left an orphan blob behind); the pass at its next start, now with
+``keep_rounds = 2``, removes exactly those, and the three oldest rounds with the released
+versions they made. The store contract suite runs the same policy on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from coordinator.status import format_status
 from coordinator.store.sql import SqlStore, default_sqlite_url
 from fedadamw.tasks.models import DigitsCNN
 
-from .harness import FAST, AgentProcess, Coordinator, merged
+from .harness import FAST, AgentProcess, Coordinator, merged, write_config
 
 ROUNDS = 5
 SETTINGS = merged(
@@ -126,6 +127,7 @@ def test_only_kept_and_pinned_versions_keep_their_blobs(tmp_path: Path) -> None:
         (4, True, False),
         (5, True, False),
     ]
+    history = [(r["round"], r["committed_version"]) for r in status["rounds"]]  # newest first
     committed = [r["committed_version"] for r in status["rounds"] if r["outcome"] == "committed"]
     assert sorted(committed) == [1, 2, 3, 4, 5]
     store = _store(coordinator)
@@ -174,11 +176,25 @@ def test_only_kept_and_pinned_versions_keep_their_blobs(tmp_path: Path) -> None:
     retained, wanted = _retained_blobs(coordinator)
     assert retained == {0: False, 1: False, 2: False, 3: False, 4: True, 5: True}
     assert _on_disk(coordinator) - wanted == {orphan} | (released.blob_hashes - wanted)
+    # The restart also bounds the round history to the newest two rounds.
+    write_config(coordinator.config, merged(SETTINGS, retention={"keep_rounds": 2}))
     coordinator.start()
     try:
         _wait_blobs(coordinator, wanted)  # the start-up pass removed the orphans, no more
         _wait_metric(coordinator, "fedadamw_retained_model_versions", 2)
-        assert _retained_blobs(coordinator) == (retained, wanted)
+        # all but the two newest rounds went, with the released versions they made; the
+        # retained versions 4 and 5 stay, and version 0, which no round made
+        kept = {0: False, 4: True, 5: True}
+        kept |= {v: False for _, v in history[:2] if v is not None and v < 4}
+        assert _retained_blobs(coordinator) == (kept, wanted)
     finally:
         coordinator.stop()
-    assert "retention: released model versions none, deleted" in coordinator.log()
+    log = coordinator.log()
+    assert "retention: released model versions none, deleted" in log
+    assert f"retention: deleted {len(history) - 2} ended rounds from the history" in log
+    status = coordinator.status()
+    assert [(r["round"], r["committed_version"]) for r in status["rounds"]] == history[:2]
+    assert [v["version"] for v in status["versions"]] == sorted(kept)
+    gone = coordinator.cli("export", "--version", "2", "--out", str(tmp_path / "v2.pt"), check=False)
+    assert gone.returncode == 2, gone
+    assert "no model version 2" in gone.stderr

@@ -1,6 +1,6 @@
 """Retention (docs/architecture.md, section 5), on every backend: which versions keep their
-blobs, pins, a pass over a real blob store with a crash between its two steps, and the
-shares an ended round deletes."""
+blobs, pins, a pass over a real blob store with a crash between its two steps, the shares
+an ended round deletes, and the bound on the round history."""
 
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def test_a_pass_deletes_what_no_retained_version_names(store: SqlStore, tmp_path
     (tmp_path / "blobs" / orphan[:2] / ".tmp-abc").write_bytes(b"a write in progress")
     store.pin_version(1, pinned=True)
 
-    report = apply_retention(store, blobs, keep_versions=2, now=at(900))
+    report = apply_retention(store, blobs, keep_versions=2, keep_rounds=100, now=at(900))
 
     kept = made[1].blob_hashes | made[3].blob_hashes | made[4].blob_hashes
     assert set(blobs.names()) == kept  # the shared empty v̄ stays: v1, v3 and v4 name it
@@ -136,8 +136,9 @@ def test_a_pass_deletes_what_no_retained_version_names(store: SqlStore, tmp_path
     assert report.missing_blobs == 0
     assert report.blob_count == len(kept) == 7
     assert report.blob_bytes == 6 * 8 * 4  # six float32 vectors of 8 and one empty blob
-    again = apply_retention(store, blobs, keep_versions=2, now=at(901))
+    again = apply_retention(store, blobs, keep_versions=2, keep_rounds=100, now=at(901))
     assert (again.released, again.deleted_blobs, again.blob_count) == ((), 0, 7)
+    assert report.forgotten_rounds == again.forgotten_rounds == 0
 
 
 def test_a_crash_between_release_and_delete_leaves_only_orphans(
@@ -155,7 +156,7 @@ def test_a_crash_between_release_and_delete_leaves_only_orphans(
     assert on_disk - store.retained_blobs()  # only orphans are left over
 
     # The next start runs the pass again: the orphans go, nothing is released twice.
-    report = apply_retention(store, blobs, keep_versions=1, now=at(950))
+    report = apply_retention(store, blobs, keep_versions=1, keep_rounds=100, now=at(950))
     assert report.released == ()
     assert set(blobs.names()) == made[3].blob_hashes == store.retained_blobs()
     assert store.get_version(1).blobs_deleted_at == at(900)
@@ -196,3 +197,37 @@ def test_an_ended_round_keeps_what_status_reads_and_loses_its_protocol_records(
         assert store.list_consistency_signatures(round_id) == []
         assert len(store.list_participants(round_id)) == 3  # what status reads
         assert store.list_phase_timings(round_id)[-1].phase is RoundPhase.UNMASKING
+
+
+def test_the_round_history_keeps_the_newest_rounds_and_the_retained_versions(
+    store: SqlStore,
+) -> None:
+    _versions(store, 4)  # rounds r0-r3 commit versions 1-4
+    start_round(store, "r4", clients=2, number=4)
+    store.abort_round("r4", reason="too few inputs", now=at(800))
+    store.pin_version(2, pinned=True)
+    store.retire_versions(keep=1, now=at(900))  # keeps 4 and the pinned 2
+    start_round(store, "r5", clients=2, number=5)  # open, and the newest
+    for bad in (0, -1):
+        error = raises_code(ErrorCode.INVALID_ARGUMENT, lambda b=bad: store.forget_rounds(keep=b))
+        assert "at least 1" in str(error)
+
+    assert store.forget_rounds(keep=3) == ["r0", "r1", "r2"]
+
+    assert [r.round_id for r in store.list_rounds()] == ["r5", "r4", "r3"]
+    for gone in ("r0", "r1", "r2"):
+        assert store.list_participants(gone) == []
+        assert store.list_phase_timings(gone) == []
+    assert len(store.list_participants("r3")) == 2
+    # the released versions r0 and r2 made (1 and 3) went; the pinned 2 (r1's) stayed
+    versions = {v.version: v for v in store.list_versions()}
+    assert sorted(versions) == [0, 2, 4]
+    assert versions[2].round_id is None and versions[2].pinned  # kept, without its round
+    assert versions[4].round_id == "r3"
+    raises_code(ErrorCode.NOT_FOUND, lambda: store.get_version(3))
+    assert store.next_round_number() == 6  # numbers never repeat
+    assert store.forget_rounds(keep=3) == []
+    # the open round is never deleted, however small keep is
+    assert store.forget_rounds(keep=1) == ["r3", "r4"]
+    assert [r.round_id for r in store.list_rounds()] == ["r5"]
+    assert store.get_version(4).round_id is None  # retained: stays

@@ -195,6 +195,7 @@ def test_only_kept_and_pinned_versions_keep_their_blobs(tmp_path: Path) -> None:
     status = coordinator.status()
     assert [(r["round"], r["committed_version"]) for r in status["rounds"]] == history[:2]
     assert [v["version"] for v in status["versions"]] == sorted(kept)
-    gone = coordinator.cli("export", "--version", "2", "--out", str(tmp_path / "v2.pt"), check=False)
+    out = str(tmp_path / "v2.pt")
+    gone = coordinator.cli("export", "--version", "2", "--out", out, check=False)
     assert gone.returncode == 2, gone
     assert "no model version 2" in gone.stderr

@@ -222,7 +222,8 @@ def test_the_round_history_keeps_the_newest_rounds_and_the_retained_versions(
     # the released versions r0 and r2 made (1 and 3) went; the pinned 2 (r1's) stayed
     versions = {v.version: v for v in store.list_versions()}
     assert sorted(versions) == [0, 2, 4]
-    assert versions[2].round_id is None and versions[2].pinned  # kept, without its round
+    assert versions[2].pinned
+    assert versions[2].round_id is None  # kept, without its round
     assert versions[4].round_id == "r3"
     raises_code(ErrorCode.NOT_FOUND, lambda: store.get_version(3))
     assert store.next_round_number() == 6  # numbers never repeat

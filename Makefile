@@ -29,10 +29,10 @@ prometheus-tools:
 demo: $(STAMP)
 	$(BIN)/fedadamw demo
 
-# Two test processes (pytest-xdist), a file each at a time: most tests wait on real
-# processes, deadlines and the network more than they compute.
+# Three test processes (pytest-xdist) on two cores, a file each at a time: most tests wait
+# on real processes, deadlines and the network more than they compute.
 test: $(STAMP)
-	$(BIN)/python -m pytest tests --ignore=tests/benchmarks -n 2 --dist loadfile
+	$(BIN)/python -m pytest tests --ignore=tests/benchmarks -n 3 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks

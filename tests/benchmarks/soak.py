@@ -2,7 +2,8 @@
 restarted, sampling what could leak (``make soak``).
 
     python -m tests.benchmarks.soak [--rounds 200] [--agents 6] [--restart-every 50]
-                                    [--kill-rate 0.15] [--vacuum-every 10] [--out runs/soak]
+                                    [--kill-rate 0.15] [--vacuum-every 10] [--keep-rounds 50]
+                                    [--out runs/soak]
 
 A real ``fedadamw-coordinator run`` (mutual TLS, PostgreSQL in a schema of its own) and real
 ``fedadamw-edge run`` agents train the built-in digits task. After each round that ends
@@ -17,7 +18,9 @@ last quarter is within 25% (and 8 MiB) of its first; the exit code is 1 if one i
 
 Each round's end deletes its protocol records, which PostgreSQL's autovacuum makes reusable.
 Where a server has autovacuum off, the soak VACUUMs its schema every ``--vacuum-every``
-rounds in its place, and says so: without it, the database grows by the deleted rows.
+rounds in its place, and says so: without it, the database grows by the deleted rows. The
+coordinator keeps the history of the newest ``--keep-rounds`` rounds (``[retention]
+keep_rounds``), so the database levels off once that many have ended.
 """
 
 from __future__ import annotations
@@ -137,6 +140,7 @@ def soak(args: argparse.Namespace) -> list[Sample]:
         min_clients=max(3, args.agents - 3),
         local_steps=2,
         deadlines={"selection": 3, "masked_input": 30},
+        retention={"keep_rounds": args.keep_rounds},
     )
     url = postgres_url_for_schema(schema)
     coordinator = Coordinator(root, settings, db_url=url)
@@ -158,16 +162,18 @@ def soak(args: argparse.Namespace) -> list[Sample]:
             agent.start()
         started = time.monotonic()
         seen = 0
+        last = -1  # the number of the newest round sampled: older ones leave the history
         while seen < args.rounds:
-            ended = _rounds_ended(store)
-            if len(ended) <= seen:
+            ended = [(n, outcome) for n, outcome in _rounds_ended(store) if n > last]
+            if not ended:
                 if time.monotonic() - started > args.round_timeout:
                     raise TimeoutError(
                         f"no round ended in {args.round_timeout}s:\n{coordinator.log()[-4000:]}"
                     )
                 time.sleep(0.5)
                 continue
-            for _, outcome in ended[seen:]:
+            for number, outcome in ended:
+                last = number
                 seen += 1
                 assert coordinator.process is not None
                 pid = coordinator.process.pid
@@ -282,14 +288,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="where the server's autovacuum is off, VACUUM the schema every N rounds in its "
         "place (0: never); default 10",
     )
+    parser.add_argument(
+        "--keep-rounds",
+        type=int,
+        default=50,
+        help="[retention] keep_rounds of the coordinator: the round history it keeps, so the "
+        "database levels off once that many rounds have ended; default 50",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/soak")
     parser.add_argument("--quick", action="store_true", help="20 rounds, a restart every 10")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.restart_every = 20, 10
-    if args.rounds < 4 or args.agents < 4 or args.restart_every < 1:
-        parser.error("need --rounds >= 4, --agents >= 4 and --restart-every >= 1")
+    if args.rounds < 4 or args.agents < 4 or args.restart_every < 1 or args.keep_rounds < 1:
+        parser.error(
+            "need --rounds >= 4, --agents >= 4, --restart-every >= 1 and --keep-rounds >= 1"
+        )
     samples = soak(args)
     out = Path(args.out)
     with (out / "samples.csv").open("w", newline="") as handle:

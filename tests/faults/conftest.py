@@ -1,9 +1,16 @@
-"""The fault tests' run starts the fault matrix afresh (``tests/faults/matrix.py``)."""
+"""The fault tests' run starts the fault matrix afresh (``tests/faults/matrix.py``), and
+the ``backend`` fixture: None for SQLite in the data directory, or the URL of a fresh
+PostgreSQL schema (dropped afterwards)."""
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
+
 import pytest
 
+from tests.e2e.harness import drop_postgres_schema, postgres_url_for_schema
 from tests.faults.matrix import matrix_path
 
 
@@ -11,3 +18,19 @@ def pytest_configure(config: pytest.Config) -> None:
     # once per run: in pytest-xdist's controller, not again in each worker
     if not hasattr(config, "workerinput"):
         matrix_path().unlink(missing_ok=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    if request.param == "sqlite":
+        yield None
+        return
+    schema = f"crash_{uuid.uuid4().hex[:10]}"
+    try:
+        url = postgres_url_for_schema(schema)
+    except Exception as exc:  # psycopg raises OperationalError subclasses
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required in CI and cannot be reached: {exc}")
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 cannot be reached: {exc}")
+    yield url
+    drop_postgres_schema(schema)

@@ -10,15 +10,12 @@ the mean of all four inputs: nothing acknowledged was lost, and nothing was summ
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
 import numpy as np
-import pytest
 
 from coordinator.blobs import BlobStore
 from coordinator.domain import ParticipantStatus, RoundPhase
@@ -28,9 +25,7 @@ from tests.e2e.harness import (
     FAST,
     Coordinator,
     TestAgent,
-    drop_postgres_schema,
     merged,
-    postgres_url_for_schema,
 )
 from tests.e2e.test_dropouts import PHASE_OF_CALL, Known
 from tests.faults import matrix
@@ -80,22 +75,6 @@ class GatedSession(RoundSession):
 
 def _gated(gates: dict[int, asyncio.Event]) -> type[GatedSession]:
     return type("Gated", (GatedSession,), {"gates": gates})
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    if request.param == "sqlite":
-        yield None
-        return
-    schema = f"crash_{uuid.uuid4().hex[:10]}"
-    try:
-        url = postgres_url_for_schema(schema)
-    except Exception as exc:  # psycopg raises OperationalError subclasses
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is required in CI and cannot be reached: {exc}")
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 cannot be reached: {exc}")
-    yield url
-    drop_postgres_schema(schema)
 
 
 def _store(coordinator: Coordinator) -> SqlStore:

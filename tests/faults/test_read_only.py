@@ -1,12 +1,14 @@
-"""The coordinator's blob store and spool turn read-only, in each phase of a round.
+"""The coordinator's blob store and spool turn read-only, or fill up, in each phase of a round.
 
 The blob directory (``DIR/blobs``) and the masked-input spool (``DIR/spool``) of a real
 coordinator process each lie on a small tmpfs of their own; the database (SQLite, in
 ``DIR``) does not. One round per phase, four in-process agents: two send their message for
-the phase, and once it is durable both filesystems are remounted read-only, the other two
-send theirs, and the mounts stay read-only for ``HOLD`` seconds before they are made
-writable again. Every agent waits before its message for the next phase until then, so
-the fault stays in its phase. What must hold after each round (docs/architecture.md, section 5):
+the phase, and once it is durable both filesystems are remounted read-only (or filled by a
+ballast file to the last byte), the other two send theirs, and the mounts stay so for
+``HOLD`` seconds before they are made writable again (or the ballast deleted). Read-only
+runs on SQLite and on PostgreSQL, full on SQLite. Every agent waits before its message for
+the next phase until then, so the fault stays in its phase. What must hold after each round
+(docs/architecture.md, section 5):
 
 - nothing acknowledged is lost: the round commits with all four, and the new model is the
   exact mean of the four inputs;
@@ -33,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from coordinator.blobs import BlobStore
 from edge_client.session import Outcome
@@ -40,7 +43,7 @@ from tests.e2e.harness import FAST, Coordinator, TestAgent, merged
 from tests.e2e.test_dropouts import Known
 from tests.faults import matrix
 from tests.faults.test_crash import STEPS, _gated, _store, _wait_durable
-from tests.faults.test_storage import small_tmpfs
+from tests.faults.test_storage import fill, small_tmpfs
 
 HOLD = 4.0  # seconds the storage stays read-only once the gated agents have sent
 SETTINGS = merged(
@@ -104,10 +107,40 @@ def _refused(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
     return out
 
 
-def test_a_read_only_blob_store_in_each_phase_loses_nothing(tmp_path: Path) -> None:
-    coordinator = Coordinator(tmp_path, SETTINGS)
+class _Fault:
+    """Makes the mounts fail one way (``break_``) and then heals them."""
+
+    def __init__(self, kind: str, mounts: list[Path]) -> None:
+        self.kind = kind
+        self.mounts = mounts
+        self._ballast: list[Path] = []
+
+    def break_(self) -> None:
+        if self.kind == "read-only":
+            _remount(self.mounts, "ro")
+        else:
+            self._ballast = [fill(mount, leave=0) for mount in self.mounts]
+
+    def heal(self) -> None:
+        if self.kind == "read-only":
+            _remount(self.mounts, "rw")
+        else:
+            for ballast in self._ballast:
+                ballast.unlink()
+
+
+@pytest.mark.parametrize(
+    ("kind", "backend"),
+    [("read-only", "sqlite"), ("read-only", "postgresql"), ("full", "sqlite")],
+    indirect=["backend"],
+)
+def test_a_failing_blob_store_in_each_phase_loses_nothing(
+    tmp_path: Path, kind: str, backend: str | None
+) -> None:
+    coordinator = Coordinator(tmp_path, SETTINGS, db_url=backend)
     coordinator.data_dir.mkdir(mode=0o700)
     with _mounted(coordinator.data_dir) as mounts:
+        storage = _Fault(kind, mounts)
         coordinator.start()
         observed: list[tuple[str, dict[str, float], float, bool]] = []
         try:
@@ -134,7 +167,7 @@ def test_a_read_only_blob_store_in_each_phase_loses_nothing(tmp_path: Path) -> N
                         steady = {a.credentials.client_id for a in agents[::2]}
                         await asyncio.to_thread(_wait_durable, coordinator, phase, status, steady)
                         before = _metrics(coordinator)
-                        _remount(mounts, "ro")
+                        storage.break_()
                         fault.set()
                         stalled = False
                         until = time.monotonic() + HOLD
@@ -143,7 +176,7 @@ def test_a_read_only_blob_store_in_each_phase_loses_nothing(tmp_path: Path) -> N
                             now = await asyncio.to_thread(_metrics, coordinator)
                             stalled |= now.get("fedadamw_round_driver_stalled", 0.0) == 1.0
                         during = await asyncio.to_thread(_metrics, coordinator)
-                        _remount(mounts, "rw")
+                        storage.heal()
                         after.set()
                         results = await asyncio.gather(*runs)
                         assert [x.outcome for x in results] == [Outcome.COMMITTED] * 4, (
@@ -212,9 +245,12 @@ def test_a_read_only_blob_store_in_each_phase_loses_nothing(tmp_path: Path) -> N
         else:
             seen = "nothing written in this phase: no refusal, no stall"
         matrix.record(
-            "blob store read-only",
-            f"blobs and spool remounted ro for {HOLD:.0f} s",
+            f"blob store {kind}",
+            f"blobs and spool remounted ro for {HOLD:.0f} s"
+            if kind == "read-only"
+            else f"blobs and spool tmpfs filled to 0 bytes free for {HOLD:.0f} s",
             phase,
             outcome,
             seen,
+            backend="postgresql" if backend else "sqlite",
         )

@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError, Message
 from coordinator import pki, serde
 from coordinator.auth import Authenticator
 from coordinator.blobs import BlobStore
-from coordinator.domain import AuditEvent, Participant
+from coordinator.domain import AuditEvent, Participant, RoundPhase
 from coordinator.error_catalog import status_for
 from coordinator.errors import CoordinatorError, ErrorCode
 from coordinator.metrics import Metrics
@@ -386,11 +386,22 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
         round_id: str,
         phase: pb.Phase,
         parse: Parse,
+        *,
+        method: str,
+        belongs_to: RoundPhase,
     ) -> pb.Ack:
         client_id = await self._caller(context)
-        await self.machine.submit(
-            client_id, serde.check_round_id(round_id), serde.phase_from_proto(phase), parse
-        )
+        # Each RPC carries one phase's message. A request that names another phase is
+        # malformed; checked first, since a phase this agent has answered would otherwise
+        # take it for a resend of that answer and acknowledge it unread.
+        named = serde.phase_from_proto(phase)
+        if named is not belongs_to:
+            raise CoordinatorError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"{method} carries a {belongs_to.value} message, but the request names phase "
+                f"{named.value}",
+            )
+        await self.machine.submit(client_id, serde.check_round_id(round_id), named, parse)
         return pb.Ack(round_id=round_id, phase=phase)
 
     @_unary("AdvertiseKeys")
@@ -399,7 +410,14 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
             identity = self.machine.identity_key(p.client_id)
             return serde.advertise_from_proto(request, secagg_id=p.secagg_id, identity_key=identity)
 
-        return await self._submit(context, request.round_id, request.phase, parse)
+        return await self._submit(
+            context,
+            request.round_id,
+            request.phase,
+            parse,
+            method="AdvertiseKeys",
+            belongs_to=RoundPhase.ADVERTISE_KEYS,
+        )
 
     @_unary("ShareKeys")
     async def ShareKeys(self, request: pb.ShareKeysRequest, context: Context) -> pb.Ack:
@@ -409,7 +427,14 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
             )
             return message, ShareBatch(request.round_id, p.secagg_id, tuple(records))
 
-        return await self._submit(context, request.round_id, request.phase, parse)
+        return await self._submit(
+            context,
+            request.round_id,
+            request.phase,
+            parse,
+            method="ShareKeys",
+            belongs_to=RoundPhase.SHARE_KEYS,
+        )
 
     @_unary("UploadMaskedInput")
     async def UploadMaskedInput(
@@ -462,7 +487,14 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
         def parse(state: RoundState, p: Participant) -> tuple[ClientMessage, AgentRecord]:
             return serde.signature_from_proto(request, secagg_id=p.secagg_id)
 
-        return await self._submit(context, request.round_id, request.phase, parse)
+        return await self._submit(
+            context,
+            request.round_id,
+            request.phase,
+            parse,
+            method="SubmitConsistencySignature",
+            belongs_to=RoundPhase.CONSISTENCY_CHECK,
+        )
 
     @_unary("Unmask")
     async def Unmask(self, request: pb.UnmaskRequest, context: Context) -> pb.Ack:
@@ -471,7 +503,14 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
                 request, secagg_id=p.secagg_id, cohort_size=len(state.participants)
             )
 
-        return await self._submit(context, request.round_id, request.phase, parse)
+        return await self._submit(
+            context,
+            request.round_id,
+            request.phase,
+            parse,
+            method="Unmask",
+            belongs_to=RoundPhase.UNMASKING,
+        )
 
     @_unary("AbortRound")
     async def AbortRound(self, request: pb.AbortRoundRequest, context: Context) -> pb.Ack:

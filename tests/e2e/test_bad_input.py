@@ -127,6 +127,30 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         coordinator.stop()
 
 
+async def _messages_naming_an_answered_phase_are_refused(
+    stub: pb_grpc.EdgeServiceStub, rid: str, session_id: bytes
+) -> None:
+    """Found by the member fuzzer (tests/faults/test_fuzz_member.py): a consistency
+    signature whose request named phase advertise_keys, sent by an agent that had answered
+    that phase, was acknowledged OK as a resend of its advert, and nothing was recorded; the
+    agent took itself for signed and was dropped. A message that names a phase other than
+    its RPC's is now INVALID_ARGUMENT, and says which."""
+    for call, phase in [
+        (
+            stub.SubmitConsistencySignature(_signature(rid, ADVERTISE, session_id=session_id)),
+            "advertise_keys",
+        ),
+        (stub.Unmask(_unmask(rid, SHARE, session_id=session_id)), "share_keys"),
+        (stub.ShareKeys(_shares(rid, ADVERTISE)), "advertise_keys"),
+        (stub.AdvertiseKeys(_advert(rid, CONSISTENCY)), "consistency_check"),
+    ]:
+        details = await expect(S.INVALID_ARGUMENT, call)
+        assert f"names phase {phase}" in details, details
+    # the true resend of an answered phase is still acknowledged
+    ack = await stub.AdvertiseKeys(_advert(rid), timeout=10)
+    assert (ack.round_id, ack.phase) == (rid, ADVERTISE)
+
+
 def _advert(round_id: str, phase: int = ADVERTISE, **fields: bytes) -> pb.AdvertiseKeysRequest:
     values = {
         "encryption_key": os.urandom(32),
@@ -353,8 +377,9 @@ def test_advertise_keys_refuses_bad_keys_and_other_phases(cluster: Cluster) -> N
         assert "secure-aggregation" in details
         for phase in (pb.PHASE_UNSPECIFIED, 42):
             await expect(S.INVALID_ARGUMENT, stub.AdvertiseKeys(_advert(rid, phase)))
+        # an advert that names another phase is malformed, whatever the round's phase
+        await expect(S.INVALID_ARGUMENT, stub.AdvertiseKeys(_advert(rid, SHARE)))
         # messages of later phases are early
-        await expect(S.FAILED_PRECONDITION, stub.AdvertiseKeys(_advert(rid, SHARE)))
         await expect(S.FAILED_PRECONDITION, stub.ShareKeys(_shares(rid)))
         await expect(S.FAILED_PRECONDITION, _upload(stub, _chunk(rid, 0, b"\0" * 8)))
         await expect(S.FAILED_PRECONDITION, stub.SubmitConsistencySignature(_signature(rid)))
@@ -525,6 +550,7 @@ def test_consistency_and_unmasking_refuse_bad_messages(cluster: Cluster) -> None
             _signature(rid, session_id=session_id), timeout=10
         )
         assert (ack.round_id, ack.phase) == (rid, pb.PHASE_CONSISTENCY_CHECK)
+        await _messages_naming_an_answered_phase_are_refused(stub, rid, session_id)
 
     cluster.play(
         {"SubmitConsistencySignature": during_consistency_check, "Unmask": during_unmasking}

@@ -2,8 +2,9 @@
 
 - ``download_blob`` fetches a content-addressed blob in the coordinator's chunks
   (``wire.DOWNLOAD_CHUNK_BYTES``), appending each to ``CACHE/SHA.part``; after a failure it
-  asks again from the first chunk it lacks. A blob already cached whole is read from the
-  cache. The sha256 and the size are checked before the blob is used.
+  asks again from the first chunk it lacks, and not at all once it holds every byte (a
+  stream whose status was lost after its last chunk). A blob already cached whole is read
+  from the cache. The sha256 and the size are checked before the blob is used.
 - ``prune_cache`` bounds the cache: after each round the agent keeps only the blobs (whole
   or partly downloaded) of the round it was last assigned, which are what the next round
   asks for again when that one aborted, and deletes the rest (docs/architecture.md,
@@ -22,6 +23,7 @@ Both retry through the session's ``Retrier`` (``edge_client.retry``) and raise
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from pathlib import Path
 
@@ -37,6 +39,8 @@ from wire.v1 import edge_pb2_grpc as pb_grpc
 __all__ = ["download_blob", "prune_cache", "round_blobs", "upload_vector"]
 
 Progress = Callable[[str, int, int], None]
+
+log = logging.getLogger(__name__)
 
 
 async def download_blob(
@@ -83,6 +87,15 @@ async def download_blob(
                 progress("download", received, int(ref.size))
             break
         except grpc.aio.AioRpcError as exc:
+            if received >= ref.size:
+                # every byte came; only the stream's status was lost (a reset at its end)
+                log.info(
+                    "blob %s: the download's status was lost after its last chunk (%s); "
+                    "the sha256 check decides",
+                    ref.sha256[:12],
+                    exc.code().name,
+                )
+                break
             await retrier.pause(exc)
     data = b"".join(chunks)
     if hashlib.sha256(data).hexdigest() != ref.sha256 or len(data) != ref.size:

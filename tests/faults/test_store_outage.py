@@ -203,7 +203,10 @@ def _scenario(
     tmp_path: Path, relayed: tuple[str, Relay, str], *, whole_database: bool
 ) -> tuple[Coordinator, list[Known]]:
     url, relay, schema = relayed
-    coordinator = Coordinator(tmp_path, SETTINGS, db_url=url)
+    # Only the store's connections lost: the driver stalls when the unmasking deadline
+    # comes and it cannot close the phase; a short deadline brings that sooner.
+    settings = SETTINGS if whole_database else merged(SETTINGS, deadlines={"unmasking": 20})
+    coordinator = Coordinator(tmp_path, settings, db_url=url)
     coordinator.start()
     try:
 
@@ -239,6 +242,10 @@ def _scenario(
                     *(a.run_round(Known(10 + i), RoundSession) for i, a in enumerate(agents))
                 )
                 assert [r.outcome for r in again] == [Outcome.COMMITTED] * 3, again
+                if not whole_database:  # said once nothing was refused for a while
+                    await asyncio.to_thread(
+                        _until, lambda: RECOVERED in coordinator.log(), "recovery", coordinator
+                    )
             finally:
                 for a in agents:
                     await a.close()
@@ -255,7 +262,8 @@ def _stalled_loudly_then_recovers(coordinator: Coordinator, relay: Relay) -> Non
     def stalled() -> bool:
         return _metric(coordinator, "fedadamw_round_driver_stalled") == 1
 
-    _until(stalled, "a stalled driver", coordinator)
+    # the driver stalls at the phase deadline (20 s after the phase opened), not before
+    _until(stalled, "a stalled driver", coordinator, timeout=90)
     assert _health(coordinator) == health_pb2.HealthCheckResponse.NOT_SERVING
     assert "round driver: StoreError" in coordinator.log()
     time.sleep(3)  # across retries: still stalled, and not a hot loop

@@ -4,13 +4,12 @@ PostgreSQL schema (dropped afterwards)."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.harness import drop_postgres_schema, postgres_url_for_schema
+from tests.e2e.harness import drop_postgres_schema, postgres_schema_or_skip
 from tests.faults.matrix import matrix_path
 
 
@@ -26,11 +25,6 @@ def backend(request: pytest.FixtureRequest) -> Iterator[str | None]:
         yield None
         return
     schema = f"crash_{uuid.uuid4().hex[:10]}"
-    try:
-        url = postgres_url_for_schema(schema)
-    except Exception as exc:  # psycopg raises OperationalError subclasses
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is required in CI and cannot be reached: {exc}")
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 cannot be reached: {exc}")
+    url = postgres_schema_or_skip(schema)
     yield url
     drop_postgres_schema(schema)

@@ -20,7 +20,7 @@ import numpy as np
 from coordinator.blobs import BlobStore
 from coordinator.domain import ParticipantStatus, RoundPhase
 from coordinator.store.sql import SqlStore, default_sqlite_url
-from edge_client.session import Outcome, RoundSession
+from edge_client.session import Outcome, RoundResult, RoundSession
 from tests.e2e.harness import (
     FAST,
     Coordinator,
@@ -77,6 +77,21 @@ def _gated(gates: dict[int, asyncio.Event]) -> type[GatedSession]:
     return type("Gated", (GatedSession,), {"gates": gates})
 
 
+async def half_gated(
+    agents: list[TestAgent], updates: list[Known], gates: dict[int, asyncio.Event]
+) -> tuple[list[asyncio.Future[RoundResult]], set[int]]:
+    """The agents' next round started: the even ones send at once, the odd ones wait at
+    ``gates`` before each phase's message. The runs, and the steady agents' client ids."""
+    assignments = await asyncio.gather(*(a.assignment() for a in agents))
+    runs = [
+        asyncio.ensure_future(
+            a.session(assignment, u, RoundSession if i % 2 == 0 else _gated(gates)).run()
+        )
+        for i, (a, assignment, u) in enumerate(zip(agents, assignments, updates, strict=True))
+    ]
+    return runs, {a.credentials.client_id for i, a in enumerate(agents) if i % 2 == 0}
+
+
 def _store(coordinator: Coordinator) -> SqlStore:
     return SqlStore(coordinator.db_url or default_sqlite_url(coordinator.data_dir))
 
@@ -115,18 +130,7 @@ def test_kill_9_in_every_phase_loses_nothing(tmp_path: Path, backend: str | None
             gates = {phase: asyncio.Event() for phase, _, _ in STEPS}
             updates = [Known(i) for i in range(4)]
             try:
-                assignments = await asyncio.gather(*(a.assignment() for a in agents))
-                runs = [
-                    asyncio.ensure_future(
-                        a.session(
-                            assignment, u, RoundSession if i % 2 == 0 else _gated(gates)
-                        ).run()
-                    )
-                    for i, (a, assignment, u) in enumerate(
-                        zip(agents, assignments, updates, strict=True)
-                    )
-                ]
-                steady = {a.credentials.client_id for i, a in enumerate(agents) if i % 2 == 0}
+                runs, steady = await half_gated(agents, updates, gates)
                 round_ids = set()
                 for proto_phase, phase, status in STEPS:
                     round_ids.add(

@@ -36,7 +36,7 @@ from tests.e2e.harness import (
     TestAgent,
     drop_postgres_schema,
     merged,
-    postgres_url_for_schema,
+    postgres_schema_or_skip,
 )
 from tests.e2e.test_dropouts import Known
 from tests.faults import matrix
@@ -176,12 +176,7 @@ def instances() -> Iterator[list[Instance]]:
 def pg_schema() -> Iterator[tuple[str, str]]:
     """A fresh schema: (its name, a URL whose connections use it)."""
     schema = f"leader_{uuid.uuid4().hex[:10]}"
-    try:
-        url = postgres_url_for_schema(schema)
-    except Exception as exc:  # psycopg raises OperationalError subclasses
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is required in CI and cannot be reached: {exc}")
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 cannot be reached: {exc}")
+    url = postgres_schema_or_skip(schema)
     yield schema, url
     drop_postgres_schema(schema)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import threading
 import time
@@ -45,11 +44,11 @@ from tests.e2e.harness import (
     TestAgent,
     drop_postgres_schema,
     merged,
-    postgres_url_for_schema,
+    postgres_schema_or_skip,
 )
 from tests.e2e.test_dropouts import Known
 from tests.faults import matrix
-from tests.faults.test_crash import STEPS, _gated, _store, _wait_durable
+from tests.faults.test_crash import STEPS, _gated, _store, _wait_durable, half_gated
 from tests.faults.test_driver_faults import _health, _metric, _until
 from wire.v1 import edge_pb2 as pb
 
@@ -186,12 +185,7 @@ class Relay:
 def relayed_postgres() -> Iterator[tuple[str, Relay, str]]:
     """The URL of a fresh schema reached through a relay, the relay, and the schema."""
     schema = f"outage_{uuid.uuid4().hex[:10]}"
-    try:
-        url = postgres_url_for_schema(schema)
-    except Exception as exc:  # psycopg raises OperationalError subclasses
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is required in CI and cannot be reached: {exc}")
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 cannot be reached: {exc}")
+    url = postgres_schema_or_skip(schema)
     relay = Relay(("127.0.0.1", 5432))
     assert "127.0.0.1:5432" in PG_URL
     yield url.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}"), relay, schema
@@ -381,18 +375,7 @@ def test_store_connections_lost_in_every_phase_the_round_rides_it_out(
             gates = {phase: asyncio.Event() for phase, _, _ in STEPS}
             updates = [Known(i) for i in range(4)]
             try:
-                assignments = await asyncio.gather(*(a.assignment() for a in agents))
-                runs = [
-                    asyncio.ensure_future(
-                        a.session(
-                            assignment, u, RoundSession if i % 2 == 0 else _gated(gates)
-                        ).run()
-                    )
-                    for i, (a, assignment, u) in enumerate(
-                        zip(agents, assignments, updates, strict=True)
-                    )
-                ]
-                steady = {a.credentials.client_id for i, a in enumerate(agents) if i % 2 == 0}
+                runs, steady = await half_gated(agents, updates, gates)
                 for cuts, (proto_phase, phase, status) in enumerate(STEPS, start=1):
                     await asyncio.to_thread(_wait_durable, coordinator, phase, status, steady)
                     relay.cut(spare_port=lock_session_port(schema))

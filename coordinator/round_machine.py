@@ -274,13 +274,32 @@ class RoundMachine:
         )
         return True
 
-    async def submit(self, client_id: int, round_id: str, phase: RoundPhase, parse: Parse) -> None:
+    async def submit(
+        self,
+        client_id: int,
+        round_id: str,
+        phase: RoundPhase,
+        parse: Parse,
+        *,
+        carries: tuple[str, RoundPhase] | None = None,
+    ) -> None:
         """Check, sum in memory, store, then return (the caller acknowledges).
 
         A message the aggregation refuses raises ``PROTOCOL_VIOLATION`` and is not stored;
         if the refusal dropped its sender, the drop is stored first. A resend for a phase the
-        round has passed is acknowledged without being read.
+        round has passed is acknowledged without being read. ``carries`` is the RPC and the
+        phase whose message it carries: a request that names another phase is refused
+        (INVALID_ARGUMENT) once its sender is known to be in the round, before the resend
+        check, which would otherwise take it for a resend of what that phase accepted.
         """
+        if carries is not None and carries[1] is not phase:
+            method, belongs_to = carries
+            self._require(client_id, round_id, None)  # an outsider is refused as one
+            raise CoordinatorError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"{method} carries a {belongs_to.value} message, but the request names phase "
+                f"{phase.value}",
+            )
         await self._record(client_id, round_id, phase, parse, resend=True)
 
     async def _record(

@@ -391,17 +391,13 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
         belongs_to: RoundPhase,
     ) -> pb.Ack:
         client_id = await self._caller(context)
-        # Each RPC carries one phase's message. A request that names another phase is
-        # malformed; checked first, since a phase this agent has answered would otherwise
-        # take it for a resend of that answer and acknowledge it unread.
-        named = serde.phase_from_proto(phase)
-        if named is not belongs_to:
-            raise CoordinatorError(
-                ErrorCode.INVALID_ARGUMENT,
-                f"{method} carries a {belongs_to.value} message, but the request names phase "
-                f"{named.value}",
-            )
-        await self.machine.submit(client_id, serde.check_round_id(round_id), named, parse)
+        await self.machine.submit(
+            client_id,
+            serde.check_round_id(round_id),
+            serde.phase_from_proto(phase),
+            parse,
+            carries=(method, belongs_to),
+        )
         return pb.Ack(round_id=round_id, phase=phase)
 
     @_unary("AdvertiseKeys")

@@ -53,6 +53,10 @@ def test_the_demo_trains_and_cleans_up(tmp_path: Path) -> None:
     assert _leftovers(out) == []
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     demo = subprocess.Popen(
@@ -60,6 +64,9 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Python turns SIGINT into KeyboardInterrupt only where it was not ignored at start:
+        # a test run started in the background of a non-interactive shell ignores it
+        preexec_fn=_default_sigint,
     )
     assert demo.stdout is not None
     deadline = time.monotonic() + 300

@@ -64,7 +64,8 @@ class PhaseClosed:
     aborted: RoundAbortReason | None = None
     dropped: Mapping[int, Dropped] = field(default_factory=dict)
     culprits: frozenset[int] = frozenset()
-    """Secagg ids proven to have caused the abort (forged shares), where known."""
+    """Secagg ids proven to have revealed forged shares: they caused the abort, or, with a
+    sum, were outvoted by the honest shares."""
 
 
 class Aggregation(abc.ABC):
@@ -165,6 +166,7 @@ class SecureAggregation(Aggregation):
                 ring_sum=state.result.ring_sum,
                 survivors=tuple(state.result.survivors),
                 dropped=dropped,
+                culprits=state.result.forgers,
             )
         if isinstance(state, ServerAborted):
             return PhaseClosed(

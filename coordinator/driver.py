@@ -45,7 +45,7 @@ from coordinator.domain import (
     RoundPhase,
 )
 from coordinator.errors import BlobError, CoordinatorError, StoreError
-from coordinator.listener import RoundListener
+from coordinator.listener import OUTVOTED, RoundListener
 from coordinator.model_state import ModelState
 from coordinator.reasons import RoundAbortReason, stored_drops
 from coordinator.replay import replay
@@ -389,6 +389,13 @@ class RoundDriver:
     async def _commit(self, active: ActiveRound, decision: Commit) -> None:
         settings = active.state.settings
         sums = decision.sums
+        if decision.culprits:
+            self.listener.culprits(active.state, decision.culprits, OUTVOTED)
+            await self._audit(
+                "forged_shares",
+                f"round {active.round_id}: clients {', '.join(map(str, decision.culprits))} "
+                "(outvoted; the round went on)",
+            )
         version = await asyncio.to_thread(self.store.get_version, settings.model_version)
         now = self.clock()
         new_version = await asyncio.to_thread(

@@ -28,9 +28,12 @@ from coordinator.round_state import Advance, RoundState
 if TYPE_CHECKING:
     from fedadamw.tasks import Evaluation
 
-__all__ = ["ObservingListener", "RoundListener"]
+__all__ = ["OUTVOTED", "ObservingListener", "RoundListener"]
 
 log = logging.getLogger("coordinator.rounds")
+
+OUTVOTED = "outvoted"
+"""The ``reason`` of :meth:`RoundListener.culprits` when the round went on without them."""
 
 
 class RoundListener(Protocol):
@@ -60,7 +63,9 @@ class RoundListener(Protocol):
 
     def aborts_in_a_row(self, count: int, reason: RoundAbortReason, delay: float) -> None: ...
 
-    def culprits(self, state: RoundState, clients: tuple[int, ...], reason: str) -> None: ...
+    def culprits(self, state: RoundState, clients: tuple[int, ...], reason: str) -> None:
+        """Clients proven to have forged shares: ``reason`` is the abort's, or
+        :data:`OUTVOTED` where the round went on without their shares."""
 
     def round_ended(self, outcome: RoundOutcome, survivors: int, seconds: float) -> None: ...
 
@@ -197,6 +202,16 @@ class ObservingListener:
         )
 
     def culprits(self, state: RoundState, clients: tuple[int, ...], reason: str) -> None:
+        if reason == OUTVOTED:
+            self.metrics.forgers.labels("outvoted").inc(len(clients))
+            log.error(
+                "round %s: clients %s revealed forged shares; the secrets were rebuilt from "
+                "the honest shares, each met its commitment, and the round goes on",
+                state.round_id,
+                list(clients),
+            )
+            return
+        self.metrics.forgers.labels("aborted").inc(len(clients))
         log.error(
             "round %s: clients %s revealed forged shares (%s); the round aborts without a sum",
             state.round_id,

@@ -33,6 +33,13 @@ class Metrics:
             ["phase", "reason"],
             registry=r,
         )
+        self.forgers = Counter(
+            "fedadamw_forged_shares_clients_total",
+            "Clients proven to have revealed forged shares at unmasking, by what followed: "
+            "outvoted (the round went on with the honest shares) or aborted.",
+            ["outcome"],
+            registry=r,
+        )
         self.configured_rounds = Gauge(
             "fedadamw_configured_rounds",
             "The number of model versions the coordinator is configured to commit.",

@@ -98,6 +98,8 @@ class Commit:
     phase: RoundPhase
     sums: RoundSums
     dropped: Mapping[int, Dropped]
+    culprits: tuple[int, ...] = ()
+    """Client ids proven to have revealed forged shares, outvoted by the honest ones."""
 
 
 @dataclass(frozen=True)
@@ -327,7 +329,12 @@ class RoundState:
         if closed.aborted is not None:
             return Abort(phase, closed.aborted, closed.dropped, self.client_ids(closed.culprits))
         if closed.ring_sum is not None:
-            return Commit(phase, self._sums(closed.ring_sum, len(closed.survivors)), closed.dropped)
+            return Commit(
+                phase,
+                self._sums(closed.ring_sum, len(closed.survivors)),
+                closed.dropped,
+                self.client_ids(closed.culprits),
+            )
         assert closed.next is not None
         if len(closed.next.alive) < self.settings.min_clients:
             return Abort(phase, RoundAbortReason.TOO_FEW_CLIENTS, closed.dropped)

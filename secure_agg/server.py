@@ -45,10 +45,12 @@ Contracts the coordinator relies on:
   dropped clients' pair masks come off using their s_sk reconstructed from s_sk-shares.
   Every rebuilt secret is checked against its commitment: b against the hash its owner
   signed when it advertised, s_sk against the advertised public key. Fewer than t shares
-  for any of them aborts with ``TOO_FEW_SHARES``; shares that disagree or miss the
-  commitment abort with ``INCONSISTENT_SHARES``, naming the forgers in
-  :attr:`ServerAborted.culprits` where more than t shares tell them apart. A forged share
-  never becomes a wrong sum.
+  for any of them aborts with ``TOO_FEW_SHARES``. Where more than t shares were revealed
+  and some are forged, the forgers are told apart: the secret of the t or more shares on
+  one polynomial that meets the commitment is the owner's, so unmasking goes on with it and
+  names the forgers in :attr:`AggregateResult.forgers`. Shares that disagree or miss the
+  commitment otherwise (exactly t revealed, or no honest polynomial found) abort with
+  ``INCONSISTENT_SHARES``. A forged share never becomes a wrong sum.
 * **Erasure.** Ciphertexts are dropped when phase 2 closes, revealed shares and rebuilt
   secrets when phase 4 closes; :class:`ServerCompleted` holds only the sum.
 

@@ -298,9 +298,15 @@ class ServerUnmasking(SessionPhase):
                 b_shares[item.owner][responder] = shamir.decode_share(item.share)
             for item in response.key_shares:
                 s_shares[item.owner][responder] = shamir.decode_share(item.share)
+        forgers: set[int] = set()
         try:
             add, subtract = removal_seeds(
-                session, u2=data.u2, u3=data.u3, b_shares=b_shares, s_shares=s_shares
+                session,
+                u2=data.u2,
+                u3=data.u3,
+                b_shares=b_shares,
+                s_shares=s_shares,
+                forgers=forgers,
             )
         except SecAggError as exc:
             reason = {
@@ -316,5 +322,6 @@ class ServerUnmasking(SessionPhase):
             session_id=self.session_id,
             survivors=tuple(sorted(data.u3)),
             ring_sum=running_sum,
+            forgers=frozenset(forgers),
         )
         return ServerStep(ServerCompleted(result, data.dropouts), {})

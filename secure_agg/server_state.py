@@ -53,6 +53,9 @@ class AggregateResult:
     session_id: bytes
     survivors: tuple[int, ...]
     ring_sum: np.ndarray
+    forgers: frozenset[int] = frozenset()
+    """Responders that revealed forged shares, told apart and outvoted: the secrets were
+    rebuilt from the others' shares, and each met its commitment."""
 
     @property
     def num_clients(self) -> int:

@@ -16,7 +16,9 @@ sent: ``b_u`` against the hash ``u`` signed in its advert
 public key. Shamir alone cannot see a forged share when exactly t shares are revealed (it
 silently gives a wrong secret); the commitment can. When a secret misses its commitment and
 more than t shares were revealed, :func:`recover_secret` searches for a subset of t shares
-that meets it and names the shares off that polynomial: those responders forged them.
+that meets it and names the shares off that polynomial: those responders forged them. The
+server then goes on with that secret (it meets the commitment, so it is the owner's) and
+names the forgers; only a forgery that cannot be told apart aborts.
 
 Raises :class:`~secure_agg.errors.SecAggError`: ``TOO_FEW_SHARES`` when fewer than t shares
 of a needed secret were revealed, ``INCONSISTENT_SHARES`` (with ``culprits`` where they
@@ -67,6 +69,7 @@ def recover_secret(
     threshold: int,
     matches: Callable[[int], bool],
     what: str,
+    forgers: set[int] | None = None,
 ) -> int:
     """The secret of ``shares`` (``{responder: share}``) that ``matches`` its commitment.
 
@@ -74,6 +77,11 @@ def recover_secret(
     commitment comes out of the shares; then ``culprits`` names the responders whose
     shares lie off the polynomial that does match, if one was found among at most
     :data:`MAX_SUBSETS` subsets (it cannot be when exactly ``threshold`` were revealed).
+
+    Given ``forgers``, a secret found so (at least ``threshold`` shares on a polynomial
+    whose secret meets the commitment) is returned instead, and the responders off it are
+    added to ``forgers``: the commitment binds the secret, so it is the owner's own, and one
+    forged share need not cost the round.
     """
     try:
         secret = shamir.combine(shares, threshold=threshold)
@@ -93,6 +101,9 @@ def recover_secret(
         candidate = shamir.combine({x: shares[x] for x in honest}, threshold=threshold)
         if matches(candidate):
             culprits = frozenset(xs) - honest
+            if forgers is not None:
+                forgers.update(culprits)
+                return candidate
             raise SecAggError(
                 ErrorCode.INCONSISTENT_SHARES,
                 f"forged shares of the {what}: responders {sorted(culprits)} revealed shares "
@@ -113,11 +124,13 @@ def removal_seeds(
     u3: frozenset[int],
     b_shares: dict[int, dict[int, int]],
     s_shares: dict[int, dict[int, int]],
+    forgers: set[int] | None = None,
 ) -> tuple[list[bytes], list[bytes]]:
     """PRG seeds ``(add, subtract)`` that turn the masked sum of U3 into the plain sum.
 
     ``b_shares[u]`` maps responder ids to shares of ``b_u`` for every ``u`` in U3;
-    ``s_shares[v]`` likewise for ``s_sk_v``, ``v`` in U2 - U3.
+    ``s_shares[v]`` likewise for ``s_sk_v``, ``v`` in U2 - U3. ``forgers``: as in
+    :func:`recover_secret`, for every secret.
     """
     threshold = session.threshold
     round_id = session.config.round_id
@@ -136,6 +149,7 @@ def removal_seeds(
             threshold=threshold,
             matches=meets_commitment,
             what=f"self-mask secret of client {owner}",
+            forgers=forgers,
         )
         subtract.append(
             self_mask_seed(session_id=session.session_id, client_id=owner, secret=secret)
@@ -154,6 +168,7 @@ def removal_seeds(
             threshold=threshold,
             matches=meets_public_key,
             what=f"masking key of client {owner}",
+            forgers=forgers,
         )
         masking_key = kdf.private_key_from_scalar(scalar)
         for partner in sorted(partners):

@@ -33,7 +33,7 @@ def test_prometheus_config_and_rules_pass_promtool() -> None:
         text=True,
     )
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 9 rules found" in rules.stdout
+    assert "SUCCESS: 10 rules found" in rules.stdout
 
 
 def test_alerts_cover_what_operators_need() -> None:
@@ -47,6 +47,7 @@ def test_alerts_cover_what_operators_need() -> None:
         "FedAdamWRoundDriverStalled",
         "FedAdamWRoundNotStarting",
         "FedAdamWDependencyFailing",
+        "FedAdamWForgedShares",
     } <= names
     for group in rules["groups"]:
         for rule in group["rules"]:

@@ -50,9 +50,11 @@ from google.protobuf.message import Message
 from coordinator.blobs import BlobStore
 from edge_client.retry import stream_ended_early
 from edge_client.session import Outcome, RoundResult
+from secure_agg import shamir
 from tests.e2e.harness import FAST, Coordinator, TestAgent, merged
 from tests.e2e.test_dropouts import Known
 from tests.faults.test_crash import _store
+from wire.v1 import edge_pb2 as pb
 
 ROUNDS = int(os.environ.get("FEDADAMW_FUZZ_MEMBER_ROUNDS", "8"))
 SEED = int(os.environ.get("FEDADAMW_FUZZ_SEED", str(random.SystemRandom().randrange(2**32))))
@@ -430,3 +432,85 @@ def test_a_member_sending_changed_messages_gets_proper_statuses_and_rounds_go_on
         np.testing.assert_allclose(models[version], expected, atol=2e-6, err_msg=str(p.mutation))
         checked += 1
     print(f"{checked} committed rounds checked against the exact mean of their survivors")
+
+
+class ForgingStub:
+    """Forwards to ``stub``; the ``Unmask`` request goes out with its first revealed share
+    of a neighbour's self-mask secret changed to another valid field element."""
+
+    def __init__(self, stub: Any) -> None:
+        self._stub = stub
+        self.forged = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stub, name)
+
+    async def Unmask(self, request: pb.UnmaskRequest, **kwargs: Any) -> Any:  # noqa: N802 (the RPC's name)
+        changed = pb.UnmaskRequest()
+        changed.CopyFrom(request)
+        if changed.self_mask_shares:
+            first = changed.self_mask_shares[0]
+            first.share = shamir.encode_share((shamir.decode_share(first.share) + 1) % shamir.PRIME)
+            self.forged += 1
+        return await self._stub.Unmask(changed, **kwargs)
+
+
+def test_a_member_that_forges_a_revealed_share_is_outvoted_and_the_round_commits(
+    tmp_path: Path,
+) -> None:
+    """Found by the fuzzing above: a member that forged one revealed share aborted the
+    round, although the coordinator had already rebuilt the right secret from the honest
+    shares (it meets its owner's commitment) and named the forger. Now the round commits
+    the exact mean of all four inputs, and the forger is named in the log, the metric and
+    the audit log."""
+    coordinator = Coordinator(tmp_path, merged(CONFIG, rounds=1))
+    coordinator.start()
+    try:
+
+        async def scenario() -> tuple[list[Known], list[RoundResult], ForgingStub, int]:
+            agents = await TestAgent.many(coordinator, tmp_path, 4)
+            sent = [Known(i) for i in range(4)]
+            forging = ForgingStub(agents[-1].stub)
+            try:
+                assignments = await asyncio.gather(*(a.assignment() for a in agents))
+                sessions = [
+                    a.session(assignment, update)
+                    for a, assignment, update in zip(agents, assignments, sent, strict=True)
+                ]
+                sessions[-1].stub = forging  # type: ignore[assignment]
+                results = await asyncio.gather(*(s.run() for s in sessions))
+            finally:
+                for a in agents:
+                    await a.close()
+            return sent, list(results), forging, agents[-1].credentials.client_id
+
+        sent, results, forging, forger = asyncio.run(scenario())
+        log = coordinator.log()
+        metrics = (
+            urllib.request.urlopen(
+                f"http://127.0.0.1:{coordinator.metrics_port}/metrics", timeout=10
+            )
+            .read()
+            .decode()
+        )
+    finally:
+        coordinator.stop()
+    assert forging.forged == 1
+    assert [r.outcome for r in results] == [Outcome.COMMITTED] * 4, results
+    assert f"clients [{forger}] revealed forged shares; the secrets were rebuilt" in log, log[
+        -3000:
+    ]
+    assert 'fedadamw_forged_shares_clients_total{outcome="outvoted"} 1.0' in metrics
+    store = _store(coordinator)
+    blobs = BlobStore(coordinator.data_dir / "blobs")
+    try:
+        x0, x1 = (
+            blobs.read_array(v.model_sha256, "<f4").astype(np.float64)
+            for v in store.list_versions()
+        )
+        audit = [e for e in store.list_audit() if e.action == "forged_shares"]
+    finally:
+        store.close()
+    np.testing.assert_allclose(x1, x0 + np.mean([k.sent["delta"] for k in sent], axis=0), atol=2e-6)
+    assert len(audit) == 1
+    assert f"clients {forger} (outvoted" in audit[0].detail

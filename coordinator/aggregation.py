@@ -64,8 +64,8 @@ class PhaseClosed:
     aborted: RoundAbortReason | None = None
     dropped: Mapping[int, Dropped] = field(default_factory=dict)
     culprits: frozenset[int] = frozenset()
-    """Secagg ids proven to have revealed forged shares: they caused the abort, or, with a
-    sum, were outvoted by the honest shares."""
+    """Secagg ids whose revealed shares were outvoted (``AggregateResult.outvoted``): with
+    a sum, or before an abort."""
 
 
 class Aggregation(abc.ABC):
@@ -166,7 +166,7 @@ class SecureAggregation(Aggregation):
                 ring_sum=state.result.ring_sum,
                 survivors=tuple(state.result.survivors),
                 dropped=dropped,
-                culprits=state.result.forgers,
+                culprits=state.result.outvoted,
             )
         if isinstance(state, ServerAborted):
             return PhaseClosed(

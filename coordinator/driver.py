@@ -389,13 +389,6 @@ class RoundDriver:
     async def _commit(self, active: ActiveRound, decision: Commit) -> None:
         settings = active.state.settings
         sums = decision.sums
-        if decision.culprits:
-            self.listener.culprits(active.state, decision.culprits, OUTVOTED)
-            await self._audit(
-                "forged_shares",
-                f"round {active.round_id}: clients {', '.join(map(str, decision.culprits))} "
-                "(outvoted; the round went on)",
-            )
         version = await asyncio.to_thread(self.store.get_version, settings.model_version)
         now = self.clock()
         new_version = await asyncio.to_thread(
@@ -415,6 +408,13 @@ class RoundDriver:
             now=now,
             dropped=stored_drops(decision.dropped),
         )
+        if decision.culprits:  # after the commit: a replay after a crash audits once
+            self.listener.culprits(active.state, decision.culprits, OUTVOTED)
+            await self._audit(
+                "forged_shares",
+                f"round {active.round_id}: clients {', '.join(map(str, decision.culprits))} "
+                "(outvoted; the round went on)",
+            )
         self._schedule_evaluation(new_version)
         self.listener.committed(round_, new_version, sums)
         self.aborted_in_a_row = 0

@@ -64,7 +64,7 @@ class RoundListener(Protocol):
     def aborts_in_a_row(self, count: int, reason: RoundAbortReason, delay: float) -> None: ...
 
     def culprits(self, state: RoundState, clients: tuple[int, ...], reason: str) -> None:
-        """Clients proven to have forged shares: ``reason`` is the abort's, or
+        """Clients whose revealed shares were outvoted: ``reason`` is the abort's, or
         :data:`OUTVOTED` where the round went on without their shares."""
 
     def round_ended(self, outcome: RoundOutcome, survivors: int, seconds: float) -> None: ...
@@ -205,8 +205,9 @@ class ObservingListener:
         if reason == OUTVOTED:
             self.metrics.forgers.labels("outvoted").inc(len(clients))
             log.error(
-                "round %s: clients %s revealed forged shares; the secrets were rebuilt from "
-                "the honest shares, each met its commitment, and the round goes on",
+                "round %s: clients %s revealed shares that the others outvote (forged by "
+                "them, or dealt so by the secret's owner); the secrets were rebuilt without "
+                "them, each met its commitment, and the round goes on",
                 state.round_id,
                 list(clients),
             )

@@ -35,8 +35,8 @@ class Metrics:
         )
         self.forgers = Counter(
             "fedadamw_forged_shares_clients_total",
-            "Clients proven to have revealed forged shares at unmasking, by what followed: "
-            "outvoted (the round went on with the honest shares) or aborted.",
+            "Clients whose revealed shares the others outvoted at unmasking (forged, or dealt "
+            "so by the owner), by what followed: outvoted (the round went on) or aborted.",
             ["outcome"],
             registry=r,
         )

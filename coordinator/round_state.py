@@ -99,7 +99,7 @@ class Commit:
     sums: RoundSums
     dropped: Mapping[int, Dropped]
     culprits: tuple[int, ...] = ()
-    """Client ids proven to have revealed forged shares, outvoted by the honest ones."""
+    """Client ids whose revealed shares were outvoted (forged, or dealt so by the owner)."""
 
 
 @dataclass(frozen=True)

@@ -45,12 +45,12 @@ Contracts the coordinator relies on:
   dropped clients' pair masks come off using their s_sk reconstructed from s_sk-shares.
   Every rebuilt secret is checked against its commitment: b against the hash its owner
   signed when it advertised, s_sk against the advertised public key. Fewer than t shares
-  for any of them aborts with ``TOO_FEW_SHARES``. Where more than t shares were revealed
-  and some are forged, the forgers are told apart: the secret of the t or more shares on
-  one polynomial that meets the commitment is the owner's, so unmasking goes on with it and
-  names the forgers in :attr:`AggregateResult.forgers`. Shares that disagree or miss the
-  commitment otherwise (exactly t revealed, or no honest polynomial found) abort with
-  ``INCONSISTENT_SHARES``. A forged share never becomes a wrong sum.
+  for any of them aborts with ``TOO_FEW_SHARES``. Where some revealed shares are wrong, a
+  polynomial through t of them that meets the commitment and holds at least (n + t) / 2 of
+  the n shares outvotes the rest: its secret is the owner's (the commitment binds it), so
+  unmasking goes on with it and names the responders off it in
+  :attr:`AggregateResult.outvoted`. Otherwise (exactly t revealed, or too many wrong) the
+  round aborts with ``INCONSISTENT_SHARES``. A forged share never becomes a wrong sum.
 * **Erasure.** Ciphertexts are dropped when phase 2 closes, revealed shares and rebuilt
   secrets when phase 4 closes; :class:`ServerCompleted` holds only the sum.
 

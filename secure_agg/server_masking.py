@@ -43,7 +43,7 @@ from secure_agg.server_state import (
     UnmaskingData,
     chunk_digest,
 )
-from secure_agg.unmasking import removal_seeds
+from secure_agg.unmasking import Recovery, removal_seeds
 
 __all__ = ["ServerConsistencyCheck", "ServerMaskedInput", "ServerUnmasking"]
 
@@ -298,7 +298,7 @@ class ServerUnmasking(SessionPhase):
                 b_shares[item.owner][responder] = shamir.decode_share(item.share)
             for item in response.key_shares:
                 s_shares[item.owner][responder] = shamir.decode_share(item.share)
-        forgers: set[int] = set()
+        recovery = Recovery()
         try:
             add, subtract = removal_seeds(
                 session,
@@ -306,7 +306,7 @@ class ServerUnmasking(SessionPhase):
                 u3=data.u3,
                 b_shares=b_shares,
                 s_shares=s_shares,
-                forgers=forgers,
+                recovery=recovery,
             )
         except SecAggError as exc:
             reason = {
@@ -315,13 +315,13 @@ class ServerUnmasking(SessionPhase):
             }.get(exc.code)
             if reason is None:
                 raise
-            return self._abort_with(reason, responders, exc.culprits)
+            return self._abort_with(reason, responders, frozenset(recovery.outvoted))
         running_sum = data.running_sum
         add_masks(running_sum, add=add, subtract=subtract)
         result = AggregateResult(
             session_id=self.session_id,
             survivors=tuple(sorted(data.u3)),
             ring_sum=running_sum,
-            forgers=frozenset(forgers),
+            outvoted=frozenset(recovery.outvoted),
         )
         return ServerStep(ServerCompleted(result, data.dropouts), {})

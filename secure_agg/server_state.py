@@ -53,9 +53,10 @@ class AggregateResult:
     session_id: bytes
     survivors: tuple[int, ...]
     ring_sum: np.ndarray
-    forgers: frozenset[int] = frozenset()
-    """Responders that revealed forged shares, told apart and outvoted: the secrets were
-    rebuilt from the others' shares, and each met its commitment."""
+    outvoted: frozenset[int] = frozenset()
+    """Responders whose revealed shares lie off the only polynomial that holds most shares
+    and meets its owner's commitment (:func:`~secure_agg.unmasking.recover_secret`): forged
+    by them, or dealt so by the owner. The secrets were rebuilt without them."""
 
     @property
     def num_clients(self) -> int:

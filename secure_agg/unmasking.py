@@ -15,30 +15,32 @@ sent: ``b_u`` against the hash ``u`` signed in its advert
 (:func:`~secure_agg.session.commit_self_mask`), ``s_sk_v`` against ``v``'s advertised
 public key. Shamir alone cannot see a forged share when exactly t shares are revealed (it
 silently gives a wrong secret); the commitment can. When a secret misses its commitment and
-more than t shares were revealed, :func:`recover_secret` searches for a subset of t shares
-that meets it and names the shares off that polynomial: those responders forged them. The
-server then goes on with that secret (it meets the commitment, so it is the owner's) and
-names the forgers; only a forgery that cannot be told apart aborts.
+more than t shares were revealed, :func:`recover_secret` searches for a polynomial through
+t of them that meets it and holds at least (n + t) / 2 of the n shares. Its secret is the
+owner's (the commitment binds it), so the server goes on with it, and the shares off it are
+outvoted: forged by their responders, or dealt so by the owner, whenever at most
+(n - t) / 2 of them are wrong. Otherwise the round aborts.
 
 Raises :class:`~secure_agg.errors.SecAggError`: ``TOO_FEW_SHARES`` when fewer than t shares
-of a needed secret were revealed, ``INCONSISTENT_SHARES`` (with ``culprits`` where they
-could be told) when the shares disagree or the secret misses its commitment. Rebuilt
-secrets live only inside the call.
+of a needed secret were revealed, ``INCONSISTENT_SHARES`` when the shares disagree and no
+such polynomial is found. Rebuilt secrets live only inside the call.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from secure_agg import kdf, shamir
 from secure_agg.errors import ErrorCode, SecAggError
 from secure_agg.session import Session, commit_self_mask, self_mask_seed
 
-__all__ = ["MAX_SUBSETS", "recover_secret", "removal_seeds"]
+__all__ = ["MAX_SUBSETS", "Recovery", "recover_secret", "removal_seeds"]
 
 MAX_SUBSETS = 4096
-"""The most subsets of t shares :func:`recover_secret` tries to tell forgers apart."""
+"""The most subsets of t shares one unmasking tries, over all its secrets, to outvote
+forged shares."""
 
 
 def _subsets(xs: list[int], threshold: int) -> itertools.chain[tuple[int, ...]]:
@@ -63,26 +65,40 @@ def _on_polynomial(shares: Mapping[int, int], basis: tuple[int, ...]) -> frozens
     return frozenset(on)
 
 
+@dataclass
+class Recovery:
+    """Shared by every secret one unmasking rebuilds: the subsets of t shares it may still
+    try (:data:`MAX_SUBSETS` in all, so forged shares of many secrets cost no more than of
+    one), and the responders whose shares were outvoted."""
+
+    budget: int = MAX_SUBSETS
+    outvoted: set[int] = field(default_factory=set)
+
+
 def recover_secret(
     shares: Mapping[int, int],
     *,
     threshold: int,
     matches: Callable[[int], bool],
     what: str,
-    forgers: set[int] | None = None,
+    recovery: Recovery | None = None,
 ) -> int:
     """The secret of ``shares`` (``{responder: share}``) that ``matches`` its commitment.
 
-    Raises ``TOO_FEW_SHARES``, or ``INCONSISTENT_SHARES`` when no secret matching the
-    commitment comes out of the shares; then ``culprits`` names the responders whose
-    shares lie off the polynomial that does match, if one was found among at most
-    :data:`MAX_SUBSETS` subsets (it cannot be when exactly ``threshold`` were revealed).
+    When the shares as a whole miss it, a forged share is looked for: subsets of
+    ``threshold`` shares whose polynomial's secret meets the commitment. The commitment
+    binds the secret, so any such secret is the owner's own. The responders off that
+    polynomial are outvoted (added to ``recovery.outvoted``) and the secret is returned
+    only when the polynomial holds at least ``(n + threshold) / 2`` of the n shares: no
+    other polynomial can, so the shares off it are the wrong ones whenever at most
+    ``(n - threshold) / 2`` of them are (forged by their responders, or dealt so by the
+    owner). A smaller match could be a forgers' polynomial through the right secret, and
+    naming the shares off it could blame honest responders.
 
-    Given ``forgers``, a secret found so (at least ``threshold`` shares on a polynomial
-    whose secret meets the commitment) is returned instead, and the responders off it are
-    added to ``forgers``: the commitment binds the secret, so it is the owner's own, and one
-    forged share need not cost the round.
+    Raises ``TOO_FEW_SHARES``, or ``INCONSISTENT_SHARES`` when no such polynomial is found
+    within the budget (always when exactly ``threshold`` shares were revealed).
     """
+    recovery = recovery if recovery is not None else Recovery()
     try:
         secret = shamir.combine(shares, threshold=threshold)
     except SecAggError as exc:
@@ -92,28 +108,21 @@ def recover_secret(
         if matches(secret):
             return secret
     xs = sorted(shares)
-    for tried, basis in enumerate(_subsets(xs, threshold)):
-        if tried >= MAX_SUBSETS:
+    for basis in _subsets(xs, threshold):
+        if recovery.budget <= 0:
             break
-        honest = _on_polynomial(shares, basis[:threshold])
-        if len(honest) < threshold:
+        recovery.budget -= 1
+        on = _on_polynomial(shares, basis[:threshold])
+        if len(on) < threshold or 2 * len(on) < len(xs) + threshold:
             continue
-        candidate = shamir.combine({x: shares[x] for x in honest}, threshold=threshold)
+        candidate = shamir.combine({x: shares[x] for x in on}, threshold=threshold)
         if matches(candidate):
-            culprits = frozenset(xs) - honest
-            if forgers is not None:
-                forgers.update(culprits)
-                return candidate
-            raise SecAggError(
-                ErrorCode.INCONSISTENT_SHARES,
-                f"forged shares of the {what}: responders {sorted(culprits)} revealed shares "
-                "off the polynomial that meets the commitment",
-                culprits=culprits,
-            )
+            recovery.outvoted.update(frozenset(xs) - on)
+            return candidate
     raise SecAggError(
         ErrorCode.INCONSISTENT_SHARES,
-        f"the {what} rebuilt from {len(xs)} shares does not meet its commitment, and the "
-        "forged shares cannot be told apart",
+        f"the {what} rebuilt from {len(xs)} shares does not meet its commitment, and no "
+        f"polynomial through at least half of them and t meets it",
     )
 
 
@@ -124,13 +133,13 @@ def removal_seeds(
     u3: frozenset[int],
     b_shares: dict[int, dict[int, int]],
     s_shares: dict[int, dict[int, int]],
-    forgers: set[int] | None = None,
+    recovery: Recovery | None = None,
 ) -> tuple[list[bytes], list[bytes]]:
     """PRG seeds ``(add, subtract)`` that turn the masked sum of U3 into the plain sum.
 
     ``b_shares[u]`` maps responder ids to shares of ``b_u`` for every ``u`` in U3;
-    ``s_shares[v]`` likewise for ``s_sk_v``, ``v`` in U2 - U3. ``forgers``: as in
-    :func:`recover_secret`, for every secret.
+    ``s_shares[v]`` likewise for ``s_sk_v``, ``v`` in U2 - U3. ``recovery``: as in
+    :func:`recover_secret`, shared by every secret.
     """
     threshold = session.threshold
     round_id = session.config.round_id
@@ -149,7 +158,7 @@ def removal_seeds(
             threshold=threshold,
             matches=meets_commitment,
             what=f"self-mask secret of client {owner}",
-            forgers=forgers,
+            recovery=recovery,
         )
         subtract.append(
             self_mask_seed(session_id=session.session_id, client_id=owner, secret=secret)
@@ -168,7 +177,7 @@ def removal_seeds(
             threshold=threshold,
             matches=meets_public_key,
             what=f"masking key of client {owner}",
-            forgers=forgers,
+            recovery=recovery,
         )
         masking_key = kdf.private_key_from_scalar(scalar)
         for partner in sorted(partners):

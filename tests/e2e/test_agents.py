@@ -38,7 +38,11 @@ def _stop_all(agents: list[AgentProcess]) -> list[int | None]:
 
 
 def test_agents_train_the_model_over_secure_rounds(tmp_path: Path) -> None:
-    coordinator = Coordinator(tmp_path, TRAIN)
+    # Every round with all five: selection and each phase end as soon as all have answered,
+    # so generous deadlines cost nothing, and on two busy cores an agent may need a while
+    # to check in again or to answer.
+    settings = merged(TRAIN, deadlines={"selection": 15, "consistency_check": 30, "unmasking": 30})
+    coordinator = Coordinator(tmp_path, settings)
     coordinator.start()
     agents = enrolled_agents(coordinator, tmp_path, 5)
     metrics_port = free_port()

@@ -67,7 +67,6 @@ class _Outage:
     methods: set[str] = field(default_factory=set)  # the RPCs it refused
     refused: int = 0
     since_reminder: int = 0
-    last_refused: float = 0.0
     healthy_since: float | None = None  # the first success after the latest refusal
 
 
@@ -117,7 +116,6 @@ class Outages:
         outage.methods.add(method)
         outage.refused += 1
         outage.since_reminder += 1
-        outage.last_refused = now
         outage.healthy_since = None
         if now - outage.reminded >= REMINDER_SECONDS:
             log.log(

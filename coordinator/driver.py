@@ -130,6 +130,7 @@ class RoundDriver:
         self.stage = DriverStage.OPEN_ROUND  # what the driver is doing, for its fault report
         self.idle = asyncio.Event()  # set when the configured rounds are all committed
         self.serving = True  # False while the driver retries a fault
+        self._faults = 0  # in a row, since the driver last made progress
         self.on_health: Callable[[bool], None] | None = None
         """Called with False while the driver retries a fault, True once it recovers."""
         self._identity: dict[int, bytes] = {}
@@ -177,7 +178,6 @@ class RoundDriver:
 
     async def run(self) -> None:
         """Drive rounds until the configured ones are committed (see the module docstring)."""
-        faults = 0
         restore = False
         while True:
             try:
@@ -187,18 +187,24 @@ class RoundDriver:
                 if await self._step():
                     return
             except (StoreError, BlobError) as exc:
-                faults += 1
+                self._faults += 1
                 restore = True
-                delay = fault_backoff(faults, self.rng)
+                delay = fault_backoff(self._faults, self.rng)
                 state = self.active.state if self.active else None
-                self.listener.driver_fault(self.stage, state, exc, delay, faults)
+                self.listener.driver_fault(self.stage, state, exc, delay, self._faults)
                 self.set_serving(False)
                 await self.sleep(delay)
                 continue
-            if faults:
-                self.listener.driver_recovered(faults)
-                faults = 0
-                self.set_serving(True)
+            self._progressed()
+
+    def _progressed(self) -> None:
+        """A step, or a phase transition within one, is durable: a stall, if any, is over.
+        Said at the transition, not at the step's end, so that health and the gauge do not
+        lag what agents are already told."""
+        if self._faults:
+            self.listener.driver_recovered(self._faults)
+            self._faults = 0
+            self.set_serving(True)
 
     def set_serving(self, serving: bool) -> None:
         """Record whether the driver makes progress, and tell health (``on_health``)."""
@@ -383,6 +389,7 @@ class RoundDriver:
         seconds = (now - state.phase_started).total_seconds()
         events = state.advanced(round_, decision, now)
         active.update_ready()
+        self._progressed()
         self.listener.phase_closed(state, decision, seconds)
         active.broadcast(events)
 
@@ -408,6 +415,7 @@ class RoundDriver:
             now=now,
             dropped=stored_drops(decision.dropped),
         )
+        self._progressed()
         if decision.culprits:  # after the commit: a replay after a crash audits once
             self.listener.culprits(active.state, decision.culprits, OUTVOTED)
             await self._audit(
@@ -435,6 +443,7 @@ class RoundDriver:
             now=self.clock(),
             dropped=stored_drops(decision.dropped),
         )
+        self._progressed()
         self.listener.aborted(round_, decision.phase, decision.reason)
         self.aborted_in_a_row += 1
         self.last_abort = decision.reason

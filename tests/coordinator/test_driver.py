@@ -227,7 +227,8 @@ def assert_one_fault_then_recovered(c: Coordinator, stage: DriverStage, error_ty
     # recovered at the first durable transition after the fault, before agents hear of it
     after = names[names.index("driver_fault") :]
     moved = [i for i, n in enumerate(after) if n in ("phase_closed", "committed", "aborted")]
-    assert moved and after.index("driver_recovered") < moved[0], names
+    assert moved, names
+    assert after.index("driver_recovered") < moved[0], names
     assert c.machine.serving
     assert c.metrics.registry.get_sample_value("fedadamw_round_driver_stalled") == 0.0
     return error

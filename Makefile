@@ -32,7 +32,7 @@ demo: $(STAMP)
 # Three test processes (pytest-xdist) on two cores, a file each at a time: most tests wait
 # on real processes, deadlines and the network more than they compute.
 test: $(STAMP)
-	$(BIN)/python -m pytest tests --ignore=tests/benchmarks -n 3 --dist loadfile
+	$(BIN)/python -m pytest tests --ignore=tests/benchmarks -n 3 --dist loadfile --no-loadscope-reorder
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks

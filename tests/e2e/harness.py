@@ -246,7 +246,20 @@ class Coordinator:
         return out.split()
 
     def status(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.cli("status", "--json").stdout)
+        """What ``status --json`` prints, read in this process.
+
+        Tests poll this several times a second; a ``status`` process costs about a second
+        of CPU (its imports and the schema check), which on two cores slowed every other
+        test. The tests of the command itself run it (``cli("status", "--json")``)."""
+        from coordinator.status import status_report
+        from coordinator.store.sql import SqlStore, default_sqlite_url
+
+        store = SqlStore(self.db_url or default_sqlite_url(self.data_dir))
+        try:
+            report = status_report(store, limit=50)  # the command's default --limit
+        finally:
+            store.close()
+        data: dict[str, Any] = json.loads(json.dumps(report))  # as the command prints it
         return data
 
     def wait_for(

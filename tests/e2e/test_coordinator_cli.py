@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -46,7 +47,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Coordinator:
 
 
 def test_status_json_describes_the_run(ran: Coordinator) -> None:
-    status = ran.status()
+    status = json.loads(ran.cli("status", "--json").stdout)  # the command itself
     assert status["model_version"] == 1
     assert isinstance(status["test_accuracy"], float)
     (round0,) = status["rounds"]

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -631,5 +632,9 @@ def test_the_conflict_survives_a_restart_of_the_coordinator(cluster: Cluster) ->
     entry = cluster.round_status(played.round_id)
     assert entry["survivors"] == COHORT
     assert entry["dropouts"] == {}
+    # inputs freed after the round: the driver removes them just after it tells the agents
     spool = cluster.coordinator.data_dir / "spool"
-    assert not spool.exists() or not any(spool.iterdir())  # inputs freed after the round
+    deadline = time.monotonic() + 30
+    while spool.exists() and any(spool.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not spool.exists() or not any(spool.iterdir()), list(spool.iterdir())

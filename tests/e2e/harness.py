@@ -245,7 +245,7 @@ class Coordinator:
         out = self.cli("token", "create", "--ttl", ttl, "--count", str(count)).stdout
         return out.split()
 
-    def status(self) -> dict[str, Any]:
+    def status(self, limit: int = 50) -> dict[str, Any]:
         """What ``status --json`` prints, read in this process.
 
         Tests poll this several times a second; a ``status`` process costs about a second
@@ -256,7 +256,7 @@ class Coordinator:
 
         store = SqlStore(self.db_url or default_sqlite_url(self.data_dir))
         try:
-            report = status_report(store, limit=50)  # the command's default --limit
+            report = status_report(store, limit=limit)  # 50: the command's default --limit
         finally:
             store.close()
         data: dict[str, Any] = json.loads(json.dumps(report))  # as the command prints it

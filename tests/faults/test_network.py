@@ -40,7 +40,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator.blobs import BlobStore
 from coordinator.errors import CoordinatorError
-from coordinator.status import status_report
 from coordinator.store.sql import SqlStore, default_sqlite_url
 from edge_client.enrollment import Credentials, mutual_tls_channel
 from edge_client.retry import ROUND
@@ -213,12 +212,8 @@ class Net:
     # --- what the coordinator says ----------------------------------------------------
 
     def report(self) -> dict[str, Any]:
-        """``fedadamw-coordinator status --json``'s report, read in this process."""
-        store = SqlStore(default_sqlite_url(self.coordinator.data_dir))
-        try:
-            report: dict[str, Any] = status_report(store, limit=1000)
-        finally:
-            store.close()
+        """``fedadamw-coordinator status --json``'s report, its rounds oldest first."""
+        report = self.coordinator.status(limit=1000)
         report["rounds"].sort(key=lambda r: r["round"])
         return report
 

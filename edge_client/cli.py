@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 
+from edge_client.entry import exit_now
 from edge_client.errors import EdgeError, ErrorCode
 from edge_client.state import AgentInfo, StateDir
 from secure_agg.threshold import DEFAULT_CORRUPT_RATE
@@ -347,7 +348,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _exit_while_starting(signum: int, frame: object) -> None:
     log.info("%s received while starting: exiting", signal.Signals(signum).name)
-    raise SystemExit(0)
+    exit_now()  # not SystemExit: see edge_client/entry.py
 
 
 def _stopper(stop: Callable[[], None], sig: signal.Signals) -> Callable[[], None]:

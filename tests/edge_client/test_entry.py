@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 BIN = Path(sys.executable).parent
 
 
@@ -49,3 +51,37 @@ def test_sigterm_as_soon_as_run_starts_exits_zero(tmp_path: Path) -> None:
             process.kill()
     assert process.returncode == 0, err
     assert "SIGTERM received while starting: exiting" in err
+
+
+# A stop that lands inside a class body's ``__set_name__`` (every dataclass field has one, and
+# importing the agent defines hundreds): Python 3.11 wraps an exception raised there in
+# RuntimeError, so a handler that raised SystemExit exited 1 with a traceback (seen in CI).
+_STOP_INSIDE_SET_NAME = """
+import os, signal, sys, time
+from {module} import {handler} as handler
+signal.signal(signal.SIGTERM, handler)
+
+class Field:
+    def __set_name__(self, owner, name):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+class Holder:
+    shares = Field()
+
+print("the stop was not handled", file=sys.stderr)
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "handler"),
+    [("edge_client.entry", "_exit_while_importing"), ("edge_client.cli", "_exit_while_starting")],
+)
+def test_a_stop_inside_set_name_while_starting_exits_zero(module: str, handler: str) -> None:
+    code = _STOP_INSIDE_SET_NAME.format(module=module, handler=handler)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr

@@ -2,8 +2,18 @@
 
 The client id comes from the peer's certificate, never from a request. The certificate must
 be the one this coordinator issued to that client (same serial), and the client must not be
-revoked: the store is read on every call, so a revocation takes effect on the next RPC.
-Each client also has a token bucket (``rate_per_second``, bursts of 4×).
+revoked. Each client also has a token bucket (``rate_per_second``, bursts of 4×).
+
+Nothing here reads the store per call, so the cost of an RPC does not grow with the fleet
+(docs/architecture.md, "Fleet scale"):
+
+- a client is read once, when it first calls, and kept (``CLIENT_CACHE_SIZE`` of them, the
+  least recently seen dropped first); a certificate whose serial differs from the kept one
+  is checked against the store again before it is refused;
+- the revoked ids are read at most every ``REVOCATION_REFRESH`` seconds, by one read that
+  concurrent calls share (``Revocations``). A revocation is in force within that time on
+  every coordinator of the database; ``fedadamw-coordinator clients revoke`` waits that long
+  before it returns, so that what it prints holds.
 
 With ``insecure`` (loopback development only) there is no TLS, so the client id is taken
 from the ``fedadamw-client-id`` metadata and nothing proves it.
@@ -13,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,14 +32,62 @@ import grpc
 from cryptography import x509
 
 from coordinator import pki
-from coordinator.domain import Client
+from coordinator.domain import REVOCATION_REFRESH, Client
 from coordinator.errors import CoordinatorError, ErrorCode, StoreError
 from coordinator.store import Store
 from wire import INSECURE_CLIENT_HEADER
 
-__all__ = ["INSECURE_CLIENT_HEADER", "Authenticator"]
+__all__ = [
+    "CLIENT_CACHE_SIZE",
+    "INSECURE_CLIENT_HEADER",
+    "Authenticator",
+    "Revocations",
+]
 
 BURST = 4.0
+CLIENT_CACHE_SIZE = 100_000  # clients kept (about 1.5 KB each, most of it the certificate)
+
+
+class Revocations:
+    """The revoked client ids, read from the store at most every ``refresh`` seconds.
+
+    Calls that find the ids older than that share one read. A read that fails raises its
+    ``StoreError`` in every call waiting on it, and the next call reads again: a coordinator
+    that cannot read the revocations refuses, as it would without the cache.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        refresh: float = REVOCATION_REFRESH,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.refresh = refresh
+        self.clock = clock
+        self._ids: frozenset[int] = frozenset()
+        self._read_at: float | None = None
+        self._reading: asyncio.Future[frozenset[int]] | None = None
+
+    async def current(self) -> frozenset[int]:
+        """The revoked ids as of at most ``refresh`` seconds ago."""
+        if self._read_at is not None and self.clock() - self._read_at < self.refresh:
+            return self._ids
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(self._read())
+            # a read whose callers all went away (cancelled RPCs) still has its error taken
+            self._reading.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return await asyncio.shield(self._reading)
+
+    async def _read(self) -> frozenset[int]:
+        started = self.clock()  # the ids are at least this recent
+        try:
+            ids = await asyncio.to_thread(self.store.revoked_client_ids)
+        finally:
+            self._reading = None
+        self._ids, self._read_at = ids, started
+        return ids
 
 
 @dataclass
@@ -44,18 +103,22 @@ class Authenticator:
         store: Store,
         insecure: bool,
         rate_per_second: float,
+        revocation_refresh: float = REVOCATION_REFRESH,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.insecure = insecure
         self.rate = rate_per_second
         self.clock = clock
+        self.revocations = Revocations(store, refresh=revocation_refresh, clock=clock)
+        self._clients: OrderedDict[int, Client] = OrderedDict()
         self._buckets: dict[int, _Bucket] = {}
 
     async def client(
         self, context: grpc.aio.ServicerContext[Any, Any], *, cost: float = 1.0
     ) -> Client:
-        """The calling client. Raises UNAUTHENTICATED, REVOKED or RATE_LIMITED."""
+        """The calling client, as the store held it when it was read (see the module
+        docstring). Raises UNAUTHENTICATED, REVOKED or RATE_LIMITED."""
         if self.insecure:
             client_id = _insecure_client_id(context)
             serial = None
@@ -63,6 +126,24 @@ class Authenticator:
             auth = {key: list(values) for key, values in context.auth_context().items()}
             client_id = pki.client_id_from_auth_context(auth)
             serial = _serial(auth)
+        if client_id in await self.revocations.current():
+            raise CoordinatorError(ErrorCode.REVOKED, f"client {client_id} is revoked")
+        client = self._clients.get(client_id)
+        if client is None or (serial is not None and serial != client.certificate_serial):
+            client = await self._read(client_id)
+        else:
+            self._clients.move_to_end(client_id)
+        if serial is not None and serial != client.certificate_serial:
+            raise CoordinatorError(
+                ErrorCode.UNAUTHENTICATED,
+                f"client {client_id} presented certificate serial {serial}, not the one issued",
+            )
+        if client.revoked:  # revoked since the revoked ids were read
+            raise CoordinatorError(ErrorCode.REVOKED, f"client {client_id} is revoked")
+        self.spend(client_id, cost)
+        return client
+
+    async def _read(self, client_id: int) -> Client:
         try:
             client = await asyncio.to_thread(self.store.get_client, client_id)
         except StoreError as exc:
@@ -71,14 +152,10 @@ class Authenticator:
                     ErrorCode.UNAUTHENTICATED, f"client {client_id} is not enrolled here"
                 ) from exc
             raise
-        if serial is not None and serial != client.certificate_serial:
-            raise CoordinatorError(
-                ErrorCode.UNAUTHENTICATED,
-                f"client {client_id} presented certificate serial {serial}, not the one issued",
-            )
-        if client.revoked:
-            raise CoordinatorError(ErrorCode.REVOKED, f"client {client_id} is revoked")
-        self.spend(client_id, cost)
+        self._clients[client_id] = client
+        self._clients.move_to_end(client_id)
+        while len(self._clients) > CLIENT_CACHE_SIZE:
+            self._clients.popitem(last=False)
         return client
 
     def spend(self, client_id: int, cost: float = 1.0) -> None:

@@ -32,6 +32,7 @@ import asyncio
 import json
 import math
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +47,7 @@ from coordinator.datadir import (
     require_data_dir,
     service_database_url,
 )
-from coordinator.domain import EnrollmentToken
+from coordinator.domain import REVOCATION_REFRESH, EnrollmentToken
 from coordinator.errors import CoordinatorError, ErrorCode, StoreError
 from coordinator.logs import configure_logging
 from coordinator.retention import set_pin
@@ -249,7 +250,12 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(run=_clients_list)
     revoke = clients.add_parser(
-        "revoke", help="revoke a client", description="Revoke a client; its next RPC is refused."
+        "revoke",
+        help="revoke a client",
+        description=(
+            "Revoke a client. The command returns once running coordinators refuse it "
+            f"(they read the revoked clients every {REVOCATION_REFRESH:g}s)."
+        ),
     )
     _common(revoke)
     revoke.add_argument("client_id", type=int, help="the id `clients list` shows")
@@ -426,6 +432,9 @@ def _clients_revoke(args: argparse.Namespace) -> int:
         client = store.revoke_client(args.client_id, now=datetime.now(UTC))
     finally:
         store.close()
+    # A running coordinator reads the revoked ids at most this long ago (coordinator.auth):
+    # once it has passed, the client's next RPC is refused by every coordinator.
+    time.sleep(REVOCATION_REFRESH + 0.1)
     print(f"client {client.client_id} revoked at {client.revoked_at}")
     return 0
 

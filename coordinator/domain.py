@@ -25,6 +25,7 @@ __all__ = [
     "NOT_STARTING_NOTE",
     "OPEN_PHASES",
     "PHASE_ORDER",
+    "REVOCATION_REFRESH",
     "AddResult",
     "AdvertisedKeysRecord",
     "AuditEvent",
@@ -116,6 +117,11 @@ class EnrollmentToken:
     expires_at: datetime
     used_at: datetime | None = None
     client_id: int | None = None
+
+
+# Seconds between a coordinator's reads of the revoked clients (coordinator.auth.Revocations):
+# a revocation is in force on every coordinator of the database within this time.
+REVOCATION_REFRESH = 1.0
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ Agents that were not selected keep waiting through a round, so a large fleet fil
 over-selection margin (docs/architecture.md, section 3).
 
 The room also keeps the two fleet gauges: agents seen in the last minute, and enrolled ones.
+Neither selection nor the gauges load the clients table: the revoked ids come from a
+``Revocations`` read at most once a second, and the enrolled ones are counted in the database.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from coordinator.auth import Revocations
 from coordinator.config import CoordinatorConfig
 from coordinator.domain import NOT_STARTING_NOTE, Client, Participant, RoundPhase
 from coordinator.errors import StoreError
@@ -67,6 +70,7 @@ class WaitingRoom:
         self.metrics = metrics
         self.rng = rng
         self.monotonic = monotonic
+        self.revocations = Revocations(store, clock=monotonic)
         self.clock = clock
         self.closed: RetryAfter | None = None  # set once no round will be offered again
         self._waiting: dict[int, asyncio.Future[Assignment | RetryAfter]] = {}
@@ -164,8 +168,7 @@ class WaitingRoom:
 
     async def _not_revoked(self, waiting: list[int]) -> list[int]:
         """Drop revoked clients from the waiting ones (revoked while they waited)."""
-        clients = await asyncio.to_thread(self.store.list_clients)
-        revoked = {c.client_id for c in clients if c.revoked}
+        revoked = await self.revocations.current()
         for client_id in revoked.intersection(waiting):
             self._answer(client_id, RetryAfter(60, "revoked"))
         return [c for c in waiting if c not in revoked]
@@ -200,7 +203,7 @@ class WaitingRoom:
 
     async def _count_enrolled(self) -> None:
         try:
-            clients = await asyncio.to_thread(self.store.list_clients)
+            enrolled = await asyncio.to_thread(self.store.count_enrolled)
         except StoreError as exc:
             if not self._store_failing:
                 log.warning("cannot count enrolled clients (%s): %s", exc.code.value, exc)
@@ -209,4 +212,4 @@ class WaitingRoom:
         if self._store_failing:
             log.info("counting enrolled clients again")
         self._store_failing = False
-        self.metrics.enrolled.set(sum(1 for c in clients if not c.revoked))
+        self.metrics.enrolled.set(enrolled)

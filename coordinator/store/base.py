@@ -105,6 +105,15 @@ class Store(abc.ABC):
     def revoke_client(self, client_id: int, *, now: datetime) -> Client:
         """Revoke at ``now`` (a second revocation keeps the first time). ``NOT_FOUND``."""
 
+    @abc.abstractmethod
+    def revoked_client_ids(self) -> frozenset[int]:
+        """The ids of the revoked clients. The coordinator reads it about once a second,
+        whatever the number of agents (``coordinator.auth.Revocations``)."""
+
+    @abc.abstractmethod
+    def count_enrolled(self) -> int:
+        """How many clients are enrolled and not revoked (counted in the database)."""
+
     # --- rounds -------------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from coordinator.domain import (
     AddResult,
@@ -144,6 +144,22 @@ class SqlStore(Store):
     def revoke_client(self, client_id: int, *, now: datetime) -> Client:
         with self._db.transaction(write=True) as session:
             return sql_enrollment.revoke_client(session, client_id, now=now)
+
+    def revoked_client_ids(self) -> frozenset[int]:
+        """A scan of two columns that builds no ORM objects."""
+        with self._db.transaction(write=False) as session:
+            return frozenset(
+                session.scalars(
+                    select(ClientRow.client_id).where(ClientRow.revoked_at.is_not(None))
+                )
+            )
+
+    def count_enrolled(self) -> int:
+        with self._db.transaction(write=False) as session:
+            count = session.scalar(
+                select(func.count()).select_from(ClientRow).where(ClientRow.revoked_at.is_(None))
+            )
+            return int(count or 0)
 
     # --- rounds -------------------------------------------------------------------------
 

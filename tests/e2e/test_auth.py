@@ -53,7 +53,14 @@ from .harness import FAST, Coordinator, merged
 S = grpc.StatusCode
 COHORT = 3
 CONFIG = merged(FAST, rounds=100, cohort=COHORT, min_clients=COHORT, over_selection=0.0)
-TOKENS = {"cohort": COHORT, "outsider": 1, "enroll_port": 1, "revocation": 2, "tokens": 3}
+TOKENS = {
+    "cohort": COHORT,
+    "outsider": 1,
+    "enroll_port": 1,
+    "revocation": 2,
+    "direct_revocation": 1,
+    "tokens": 3,
+}
 
 
 @dataclass
@@ -247,6 +254,39 @@ def test_a_revoked_client_is_refused_at_its_next_rpc(cluster: Cluster) -> None:
         for other in (kept, *cluster.cohort):
             async with _agent_channel(cluster, other) as channel:
                 await _heartbeat(channel)
+
+    asyncio.run(scenario())
+
+
+def test_a_client_revoked_in_the_database_is_refused_once_the_cache_refreshes(
+    cluster: Cluster,
+) -> None:
+    """The coordinator keeps the clients it has seen and reads the revoked ids once a second
+    (coordinator.auth): a revocation written by anything else still reaches it."""
+    coordinator = cluster.coordinator
+    (revoked,) = _enroll_all(coordinator, cluster.tokens["direct_revocation"])
+
+    async def scenario() -> None:
+        async with _agent_channel(cluster, revoked) as channel:
+            for _ in range(3):  # the client and the revoked ids are cached now
+                await _heartbeat(channel)
+            store = SqlStore(coordinator.db_url or default_sqlite_url(coordinator.data_dir))
+            try:
+                store.revoke_client(revoked.client_id, now=datetime.now(UTC))
+            finally:
+                store.close()
+            # refused within the refresh (1 s) on an idle machine; 30 s allows for busy cores
+            deadline = asyncio.get_running_loop().time() + 30
+            refusal: grpc.aio.AioRpcError | None = None
+            while refusal is None:
+                try:
+                    await _heartbeat(channel)
+                except grpc.aio.AioRpcError as exc:
+                    refusal = exc
+                assert asyncio.get_running_loop().time() < deadline, "never refused"
+                await asyncio.sleep(0.05)
+            assert refusal.code() is S.PERMISSION_DENIED, refusal
+            assert "revoked" in (refusal.details() or "")
 
     asyncio.run(scenario())
 

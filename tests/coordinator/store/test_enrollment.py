@@ -167,3 +167,16 @@ def test_revocation_takes_the_first_time(store: SqlStore) -> None:
     assert again.revoked_at == at(50)
     assert store.get_client(client.client_id) == revoked
     raises_code(ErrorCode.NOT_FOUND, lambda: store.revoke_client(4242, now=at(50)))
+
+
+def test_revoked_ids_and_the_enrolled_count_follow_revocations(store: SqlStore) -> None:
+    assert (store.revoked_client_ids(), store.count_enrolled()) == (frozenset(), 0)
+    clients = [enroll(store, f"r{i}") for i in range(3)]
+    assert (store.revoked_client_ids(), store.count_enrolled()) == (frozenset(), 3)
+    store.revoke_client(clients[1].client_id, now=at(50))
+    assert store.revoked_client_ids() == {clients[1].client_id}
+    assert store.count_enrolled() == 2
+    store.revoke_client(clients[1].client_id, now=at(60))  # a second time changes nothing
+    store.revoke_client(clients[2].client_id, now=at(60))
+    assert store.revoked_client_ids() == {clients[1].client_id, clients[2].client_id}
+    assert store.count_enrolled() == 1

@@ -1,0 +1,108 @@
+"""The revoked ids are read once a second and shared, not read per RPC (``coordinator.auth``).
+
+In process, on a real SQLite store that counts its reads and can be told to fail, with the
+cache's clock under the test's control. The end-to-end refusal of a revoked client over
+mutual TLS, through the ``clients revoke`` command, is in tests/e2e/test_auth.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from coordinator.auth import Revocations
+from coordinator.domain import REVOCATION_REFRESH
+from coordinator.errors import ErrorCode, StoreError
+from coordinator.store.sql import SqlStore
+
+from .roundkit import migrated_template
+from .store.factories import at, enroll
+
+
+class CountingStore(SqlStore):
+    """A real store that counts its reads of the revoked ids and can be made to fail them."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.reads = 0
+        self.fail = False
+
+    def revoked_client_ids(self) -> frozenset[int]:
+        self.reads += 1
+        if self.fail:
+            raise StoreError(ErrorCode.STORE_UNAVAILABLE, "the database refused the connection")
+        return super().revoked_client_ids()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CountingStore:
+    template = migrated_template(tmp_path)
+    return CountingStore(f"sqlite:///{template}")
+
+
+def test_concurrent_calls_share_one_read_and_a_revocation_shows_after_the_refresh(
+    store: CountingStore,
+) -> None:
+    now = [100.0]
+    revocations = Revocations(store, clock=lambda: now[0])
+    clients = [enroll(store, f"c{i}") for i in range(3)]
+
+    async def scenario() -> list[frozenset[int]]:
+        seen = list(await asyncio.gather(*(revocations.current() for _ in range(200))))
+        store.revoke_client(clients[1].client_id, now=at(10))
+        now[0] += REVOCATION_REFRESH / 2
+        seen.append(await revocations.current())  # still the first read
+        now[0] += REVOCATION_REFRESH / 2
+        seen.append(await revocations.current())  # read again
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert store.reads == 2
+    assert set(seen[:201]) == {frozenset()}
+    assert seen[-1] == {clients[1].client_id}
+
+
+def test_a_failed_read_fails_every_waiting_call_and_the_next_call_reads_again(
+    store: CountingStore,
+) -> None:
+    now = [100.0]
+    revocations = Revocations(store, clock=lambda: now[0])
+    client = enroll(store, "c")
+    store.revoke_client(client.client_id, now=at(10))
+
+    async def scenario() -> tuple[list[BaseException | frozenset[int]], frozenset[int]]:
+        store.fail = True
+        outcomes = await asyncio.gather(
+            *(revocations.current() for _ in range(20)), return_exceptions=True
+        )
+        store.fail = False
+        return outcomes, await revocations.current()
+
+    outcomes, after = asyncio.run(scenario())
+    assert store.reads == 2
+    assert all(
+        isinstance(o, StoreError) and o.code is ErrorCode.STORE_UNAVAILABLE for o in outcomes
+    )
+    assert after == {client.client_id}  # no stale empty set was kept from the failure
+
+
+def test_a_read_whose_callers_were_cancelled_still_completes_for_the_next(
+    store: CountingStore,
+) -> None:
+    now = [100.0]
+    revocations = Revocations(store, clock=lambda: now[0])
+    client = enroll(store, "c")
+    store.revoke_client(client.client_id, now=at(10))
+
+    async def scenario() -> frozenset[int]:
+        caller = asyncio.ensure_future(revocations.current())
+        await asyncio.sleep(0)
+        caller.cancel()  # an RPC whose agent hung up
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        return await revocations.current()
+
+    assert asyncio.run(scenario()) == {client.client_id}
+    assert store.reads == 1

@@ -46,14 +46,19 @@ __all__ = [
 
 BURST = 4.0
 CLIENT_CACHE_SIZE = 100_000  # clients kept (about 1.5 KB each, most of it the certificate)
+READ_TIMEOUT = 10.0  # seconds a read of the revoked ids may take before calls are refused
 
 
 class Revocations:
     """The revoked client ids, read from the store at most every ``refresh`` seconds.
 
-    Calls that find the ids older than that share one read. A read that fails raises its
-    ``StoreError`` in every call waiting on it, and the next call reads again: a coordinator
-    that cannot read the revocations refuses, as it would without the cache.
+    What ``current`` returns was read by a query that started at most ``refresh`` seconds
+    before the call: calls share a read in flight only if it started that recently, and
+    start a newer one otherwise, so a slow read never answers a call that came well after
+    it began. A read that fails raises its ``StoreError`` in every call waiting on it, and
+    one that takes over ``timeout`` seconds ends them with ``STORE_UNAVAILABLE``; the next
+    call reads again. A coordinator that cannot read the revocations refuses, as it would
+    without the cache, and never waits on a hung database for more than ``timeout``.
     """
 
     def __init__(
@@ -61,32 +66,53 @@ class Revocations:
         store: Store,
         *,
         refresh: float = REVOCATION_REFRESH,
+        timeout: float = READ_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.refresh = refresh
+        self.timeout = timeout
         self.clock = clock
         self._ids: frozenset[int] = frozenset()
         self._read_at: float | None = None
-        self._reading: asyncio.Future[frozenset[int]] | None = None
+        self._reading: tuple[float, asyncio.Task[frozenset[int]]] | None = None
 
     async def current(self) -> frozenset[int]:
-        """The revoked ids as of at most ``refresh`` seconds ago."""
-        if self._read_at is not None and self.clock() - self._read_at < self.refresh:
+        """The revoked ids, as of at most ``refresh`` seconds before this call."""
+        asked = self.clock()
+        if self._read_at is not None and asked - self._read_at < self.refresh:
             return self._ids
-        if self._reading is None:
-            self._reading = asyncio.ensure_future(self._read())
+        reading = self._reading
+        if reading is None or reading[0] < asked - self.refresh:
+            task = asyncio.ensure_future(self._read(asked))
             # a read whose callers all went away (cancelled RPCs) still has its error taken
-            self._reading.add_done_callback(lambda f: f.cancelled() or f.exception())
-        return await asyncio.shield(self._reading)
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            reading = self._reading = (asked, task)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await asyncio.shield(reading[1])
+        except TimeoutError:
+            if self._reading is reading:
+                self._reading = None  # the next call starts another read
+            raise StoreError(
+                ErrorCode.STORE_UNAVAILABLE,
+                f"the revoked clients could not be read within {self.timeout:g}s",
+            ) from None
 
-    async def _read(self) -> frozenset[int]:
-        started = self.clock()  # the ids are at least this recent
+    def expire(self) -> None:
+        """Forget the ids read so far: the next call reads them again."""
+        self._read_at = None
+        self._reading = None
+
+    async def _read(self, started: float) -> frozenset[int]:
+        """The ids as of ``started`` or later (the query begins after it)."""
         try:
             ids = await asyncio.to_thread(self.store.revoked_client_ids)
         finally:
-            self._reading = None
-        self._ids, self._read_at = ids, started
+            if self._reading is not None and self._reading[1] is asyncio.current_task():
+                self._reading = None
+        if self._read_at is None or started > self._read_at:
+            self._ids, self._read_at = ids, started
         return ids
 
 
@@ -112,7 +138,7 @@ class Authenticator:
         self.clock = clock
         self.revocations = Revocations(store, refresh=revocation_refresh, clock=clock)
         self._clients: OrderedDict[int, Client] = OrderedDict()
-        self._buckets: dict[int, _Bucket] = {}
+        self._buckets: OrderedDict[int, _Bucket] = OrderedDict()
 
     async def client(
         self, context: grpc.aio.ServicerContext[Any, Any], *, cost: float = 1.0
@@ -126,8 +152,7 @@ class Authenticator:
             auth = {key: list(values) for key, values in context.auth_context().items()}
             client_id = pki.client_id_from_auth_context(auth)
             serial = _serial(auth)
-        if client_id in await self.revocations.current():
-            raise CoordinatorError(ErrorCode.REVOKED, f"client {client_id} is revoked")
+        await self.allowed(client_id, cost)
         client = self._clients.get(client_id)
         if client is None or (serial is not None and serial != client.certificate_serial):
             client = await self._read(client_id)
@@ -140,8 +165,15 @@ class Authenticator:
             )
         if client.revoked:  # revoked since the revoked ids were read
             raise CoordinatorError(ErrorCode.REVOKED, f"client {client_id} is revoked")
-        self.spend(client_id, cost)
         return client
+
+    async def allowed(self, client_id: int, cost: float = 1.0) -> None:
+        """Raise REVOKED for a revoked client, then take ``cost`` from its bucket (before any
+        read of the store, so a caller the store does not know is rate limited too). Each
+        chunk of an upload stream is checked so, so a revocation also ends an open stream."""
+        if client_id in await self.revocations.current():
+            raise CoordinatorError(ErrorCode.REVOKED, f"client {client_id} is revoked")
+        self.spend(client_id, cost)
 
     async def _read(self, client_id: int) -> Client:
         try:
@@ -162,7 +194,12 @@ class Authenticator:
         """Take ``cost`` tokens from the client's bucket, or raise RATE_LIMITED."""
         now = self.clock()
         capacity = self.rate * BURST
-        bucket = self._buckets.setdefault(client_id, _Bucket(capacity, now))
+        bucket = self._buckets.get(client_id)
+        if bucket is None:
+            bucket = self._buckets[client_id] = _Bucket(capacity, now)
+            while len(self._buckets) > CLIENT_CACHE_SIZE:
+                self._buckets.popitem(last=False)  # the least recently seen starts full again
+        self._buckets.move_to_end(client_id)
         bucket.tokens = min(capacity, bucket.tokens + (now - bucket.stamp) * self.rate)
         bucket.stamp = now
         if bucket.tokens < cost:

@@ -44,7 +44,7 @@ from coordinator.domain import (
     RoundOutcome,
     RoundPhase,
 )
-from coordinator.errors import BlobError, CoordinatorError, StoreError
+from coordinator.errors import BlobError, CoordinatorError, ErrorCode, StoreError
 from coordinator.listener import OUTVOTED, RoundListener
 from coordinator.model_state import ModelState
 from coordinator.reasons import RoundAbortReason, stored_drops
@@ -231,7 +231,15 @@ class RoundDriver:
             cohort = await self.room.select()
             try:
                 self.active = await self._open(cohort, latest)
-            except (StoreError, BlobError):
+            except StoreError as exc:
+                if exc.code is not ErrorCode.REVOKED:
+                    raise
+                # A client revoked since the room last read the revocations (at most a second
+                # ago) was selected, and the store refused the round: read them, select again.
+                self.listener.selected_client_revoked(exc)
+                self.room.revocations.expire()
+                return False
+            except BlobError:
                 raise
             except CoordinatorError as exc:
                 self.listener.round_not_started(exc)

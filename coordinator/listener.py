@@ -79,6 +79,9 @@ class RoundListener(Protocol):
 
     def round_not_started(self, error: Exception) -> None: ...
 
+    def selected_client_revoked(self, error: Exception) -> None:
+        """The store refused a cohort with a client revoked since it was selected."""
+
     def driver_fault(
         self, stage: str, state: RoundState | None, error: Exception, delay: float, faults: int
     ) -> None: ...
@@ -270,6 +273,9 @@ class ObservingListener:
 
     def round_not_started(self, error: Exception) -> None:
         log.error("cannot start a round: %s", error)
+
+    def selected_client_revoked(self, error: Exception) -> None:
+        log.info("a selected client was revoked just now (%s); selecting again", error)
 
     def driver_fault(
         self, stage: str, state: RoundState | None, error: Exception, delay: float, faults: int

@@ -456,7 +456,7 @@ class EdgeService(pb_grpc.EdgeServiceServicer):
                     ErrorCode.INVALID_ARGUMENT, "one upload stream carries one round"
                 )
             round_id = serde.check_round_id(chunk.round_id)
-            self.auth.spend(client_id)
+            await self.auth.allowed(client_id)
             progress = await self.machine.upload_chunk(
                 client_id,
                 round_id,

@@ -1097,6 +1097,9 @@ class RecordingListener:
     def round_not_started(self, error: Exception) -> None:
         self._note("round_not_started", error)
 
+    def selected_client_revoked(self, error: Exception) -> None:
+        self._note("selected_client_revoked", error)
+
     def driver_fault(
         self, stage: str, state: RoundState | None, error: Exception, delay: float, faults: int
     ) -> None:

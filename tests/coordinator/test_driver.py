@@ -15,6 +15,7 @@ import dataclasses
 import itertools
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -529,6 +530,42 @@ def test_a_store_fault_while_opening_a_round_is_retried(tmp_path: Path, db_url: 
             assert error.code is ErrorCode.STORE_UNAVAILABLE
             assert len(c.store.list_rounds()) == 1
             assert c.listener.of("round_resumed") == []
+            assert_sums_of(c, agents)
+        finally:
+            await c.close()
+
+    run(scenario)
+
+
+def test_a_client_revoked_since_the_room_read_the_revocations_is_left_out_at_once(
+    tmp_path: Path, db_url: str
+) -> None:
+    """The room reads the revoked clients once a second, so it can select one revoked just
+    now; the store refuses that cohort, and the driver reads them again and selects anew,
+    with no fault and no pause."""
+    config = config_for()
+
+    async def scenario() -> None:
+        c = Coordinator.build(tmp_path, db_url, config)
+        try:
+            await c.machine.start()
+            revocations = c.machine.room.revocations
+            revocations.clock = lambda: 1000.0  # what it read stays fresh until expired
+            revoked, *agents = c.agents(6)
+            assert await revocations.current() == frozenset()
+            c.store.inner.revoke_client(revoked.client_id, now=datetime.now(UTC))
+            refused = asyncio.ensure_future(
+                c.machine.check_in(revoked.client, task=config.task, wait=60)
+            )
+            await asyncio.sleep(0.05)  # it waits first, so the first selection takes it
+            assert_committed(await play_round(c.machine, agents), agents, 1)
+            answer = await asyncio.wait_for(refused, timeout=10)
+            assert isinstance(answer, RetryAfter)
+            assert answer.reason == "revoked"
+            assert len(c.listener.of("selected_client_revoked")) == 1
+            assert fault_calls(c) == []
+            assert c.listener.of("round_not_started") == []
+            assert c.sleep.delays == []
             assert_sums_of(c, agents)
         finally:
             await c.close()

@@ -8,6 +8,7 @@ mutual TLS, through the ``clients revoke`` command, is in tests/e2e/test_auth.py
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -28,12 +29,16 @@ class CountingStore(SqlStore):
         super().__init__(url)
         self.reads = 0
         self.fail = False
+        self.hold_first: threading.Event | None = None  # the first read returns once set
 
     def revoked_client_ids(self) -> frozenset[int]:
         self.reads += 1
         if self.fail:
             raise StoreError(ErrorCode.STORE_UNAVAILABLE, "the database refused the connection")
-        return super().revoked_client_ids()
+        ids = super().revoked_client_ids()
+        if self.reads == 1 and self.hold_first is not None:
+            self.hold_first.wait(30)  # a slow answer, read before the test revokes
+        return ids
 
 
 @pytest.fixture
@@ -106,3 +111,58 @@ def test_a_read_whose_callers_were_cancelled_still_completes_for_the_next(
 
     assert asyncio.run(scenario()) == {client.client_id}
     assert store.reads == 1
+
+
+def test_a_call_long_after_a_slow_read_began_does_not_take_its_old_answer(
+    store: CountingStore,
+) -> None:
+    """A revocation written while an older read is still coming back reaches a call made
+    a refresh after that read began, and the older answer does not replace the newer."""
+    now = [100.0]
+    revocations = Revocations(store, clock=lambda: now[0])
+    client = enroll(store, "c")
+    store.hold_first = threading.Event()
+
+    async def scenario() -> tuple[frozenset[int], frozenset[int], frozenset[int]]:
+        slow = asyncio.ensure_future(revocations.current())
+        while store.reads < 1:
+            await asyncio.sleep(0.01)
+        store.revoke_client(client.client_id, now=at(10))
+        now[0] += REVOCATION_REFRESH + 0.2  # `clients revoke` has returned by now
+        later = await revocations.current()
+        assert store.hold_first is not None
+        store.hold_first.set()
+        old = await slow
+        now[0] += REVOCATION_REFRESH / 4
+        return old, later, await revocations.current()
+
+    old, later, after = asyncio.run(scenario())
+    assert old == frozenset()  # the slow read's own callers get what it read
+    assert later == {client.client_id}
+    assert after == {client.client_id}
+    assert store.reads == 2
+
+
+def test_a_hung_read_refuses_within_the_timeout_and_the_next_call_reads_again(
+    store: CountingStore,
+) -> None:
+    now = [100.0]
+    revocations = Revocations(store, timeout=0.3, clock=lambda: now[0])
+    client = enroll(store, "c")
+    store.revoke_client(client.client_id, now=at(10))
+    store.hold_first = threading.Event()
+
+    async def scenario() -> tuple[list[BaseException | frozenset[int]], frozenset[int]]:
+        hung = await asyncio.gather(
+            *(revocations.current() for _ in range(10)), return_exceptions=True
+        )
+        again = await revocations.current()
+        assert store.hold_first is not None
+        store.hold_first.set()
+        return hung, again
+
+    hung, again = asyncio.run(scenario())
+    codes = [o.code if isinstance(o, StoreError) else o for o in hung]
+    assert codes == [ErrorCode.STORE_UNAVAILABLE] * 10
+    assert again == {client.client_id}
+    assert store.reads == 2

@@ -19,6 +19,7 @@ BENCHMARKS = {
     "ingest": "tests.benchmarks.bench_ingest",
     "agent": "tests.benchmarks.bench_agent",
     "cohort": "tests.benchmarks.bench_cohort",
+    "fleet": "tests.benchmarks.bench_fleet",
 }
 
 

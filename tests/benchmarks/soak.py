@@ -253,7 +253,7 @@ def summarize(samples: Sequence[Sample]) -> bool:
     return flat
 
 
-def plot(samples: Sequence[Sample], path: Path) -> None:
+def plot(samples: Sequence[Sample], path: Path, *, restarts: bool) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -269,7 +269,8 @@ def plot(samples: Sequence[Sample], path: Path) -> None:
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
     axes[-1].set_xlabel("round")
-    fig.suptitle("Soak: coordinator resources per round (PostgreSQL, kills and restarts)")
+    faults = "agent kills and coordinator restarts" if restarts else "agent kills, no restarts"
+    fig.suptitle(f"Soak: coordinator resources per round (PostgreSQL, {faults})")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
@@ -311,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         writer = csv.DictWriter(handle, fieldnames=list(asdict(samples[0])))
         writer.writeheader()
         writer.writerows(asdict(s) for s in samples)
-    plot(samples, out / "soak.png")
+    plot(samples, out / "soak.png", restarts=args.restart_every < args.rounds)
     flat = summarize(samples)
     print(f"wrote {out / 'samples.csv'} and {out / 'soak.png'}")
     return 0 if flat else 1

@@ -110,26 +110,33 @@ class WaitingRoom:
         ``NOT_STARTING_INTERVAL`` seconds the log says why no round starts."""
         first = None
         started = reminded = self.monotonic()
+        waiting: list[int] = []
         while True:
-            waiting = [c for c, f in self._waiting.items() if not f.done()]
-            if len(waiting) >= self.config.min_clients:
-                waiting = await self._not_revoked(waiting)
+            # Every check-in wakes this loop, so it looks at each waiting agent only once
+            # enough of them wait for a round to start: below min_clients, the size of the
+            # room (which still counts answered agents not yet gone) says so at no cost.
+            count = len(self._waiting)
+            if count >= self.config.min_clients:
+                waiting = [c for c, f in self._waiting.items() if not f.done()]
+                if len(waiting) >= self.config.min_clients:
+                    waiting = await self._not_revoked(waiting)
+                count = len(waiting)
             now = self.monotonic()
-            if waiting and first is None:
+            if count and first is None:
                 first = now
-            if len(waiting) >= self.config.cohort:
+            if count >= self.config.cohort:
                 break
             if (
                 first is not None
-                and len(waiting) >= self.config.min_clients
+                and count >= self.config.min_clients
                 and now - first >= self.config.deadlines.selection
             ):
                 break
-            self.metrics.waiting_clients.set(len(waiting))
+            self.metrics.waiting_clients.set(count)
             self.metrics.selection_waiting_seconds.set(now - started)
             if now - reminded >= NOT_STARTING_INTERVAL:
                 reminded = now
-                self.not_starting = self._why_not_starting(len(waiting), now - started)
+                self.not_starting = self._why_not_starting(count, now - started)
                 log.warning("no round is starting: %s", self.not_starting)
                 await self._note(self.not_starting)
             self._changed.clear()

@@ -143,6 +143,7 @@ class _Calls:
         self.checkin: list[float] = []  # seconds past the hold
         self.heartbeat: list[float] = []
         self.errors: dict[str, int] = {}
+        self.details: dict[str, list[str]] = {}  # a few distinct messages per status code
         self.calls = 0
 
     def inside(self, started: float) -> bool:
@@ -150,7 +151,11 @@ class _Calls:
 
     def error(self, started: float, exc: grpc.aio.AioRpcError) -> None:
         if self.inside(started):
-            self.errors[exc.code().name] = self.errors.get(exc.code().name, 0) + 1
+            code = exc.code().name
+            self.errors[code] = self.errors.get(code, 0) + 1
+            seen = self.details.setdefault(code, [])
+            if len(seen) < 3 and exc.details() not in seen:
+                seen.append(str(exc.details()))
 
 
 async def _simulated_agent(
@@ -234,6 +239,7 @@ async def _run_share(args: argparse.Namespace) -> dict[str, Any]:
         "checkin": calls.checkin,
         "heartbeat": calls.heartbeat,
         "errors": calls.errors,
+        "details": calls.details,
         "calls": calls.calls,
         "lag_p99": _quantile(lags, 0.99),  # through the ramp too: connecting costs the most
         "cpu_seconds": cpu,
@@ -354,11 +360,31 @@ def _subset(files: list[Path], size: int, workers: int, root: Path) -> list[Path
     return out
 
 
+def _start(coordinator: Coordinator, source: Path | None) -> None:
+    """Start the coordinator, from the checkout at ``source`` if given (a before-and-after
+    comparison in one run: ``git worktree add /tmp/before REV``)."""
+    saved = os.environ.get("PYTHONPATH")
+    if source is not None:
+        os.environ["PYTHONPATH"] = str(source)
+    try:
+        coordinator.start(timeout=120)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
 def _run_size(
-    coordinator: Coordinator, files: list[Path], size: int, args: argparse.Namespace, root: Path
+    coordinator: Coordinator,
+    files: list[Path],
+    size: int,
+    args: argparse.Namespace,
+    root: Path,
+    source: Path | None,
 ) -> dict[str, Any]:
     coordinator.stop()
-    coordinator.start(timeout=120)
+    _start(coordinator, source)
     assert coordinator.process is not None
     sampler = _ProcessSampler(coordinator.process.pid)
     ramp = max(10.0, size / args.connect_rate)
@@ -387,11 +413,15 @@ def _run_size(
     checkin = [x for r in results for x in r["checkin"]]
     heartbeat = [x for r in results for x in r["heartbeat"]]
     errors: dict[str, int] = {}
+    details: dict[str, list[str]] = {}
     for r in results:
         for code, n in r["errors"].items():
             errors[code] = errors.get(code, 0) + n
+        for code, messages in r["details"].items():
+            details.setdefault(code, []).extend(m for m in messages if m not in details[code])
     return {
         "agents": size,
+        "coordinator": str(source) if source is not None else "this checkout",
         "ramp_s": ramp,
         "calls": sum(r["calls"] for r in results),
         "checkins": len(checkin),
@@ -403,6 +433,7 @@ def _run_size(
         "heartbeat_p99": _quantile(heartbeat, 0.99),
         "heartbeat_max": max(heartbeat, default=float("nan")),
         "errors": errors,
+        "error_details": details,
         "coordinator_core": core,
         "coordinator_rss_mb": max(max(sampler.rss, default=0), connected_rss) / 2**20,
         "coordinator_fds": max(sampler.fds, default=0),
@@ -426,16 +457,16 @@ def _print(rows: list[dict[str, Any]], enroll_seconds: float, enrolled: int) -> 
     rate = enrolled / enroll_seconds
     print(f"\nenrolled {enrolled} agents in {enroll_seconds:.1f}s ({rate:.0f} per second)")
     head = (
-        "| agents | calls | check-in past hold p50 / p99 / max (s) "
+        "| coordinator | agents | calls | check-in past hold p50 / p99 / max (s) "
         "| heartbeat p50 / p99 / max (ms) | errors | coordinator core | RSS MB | fds "
         "| workers' cores | worker lag p99 (ms) | verdict |"
     )
     print(head)
-    print("|---:" * 10 + "|---|")
+    print("|---" + "|---:" * 10 + "|---|")
     for r in rows:
         errors = ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())) or "0"
         print(
-            f"| {r['agents']:,} | {r['calls']:,} "
+            f"| {r['coordinator']} | {r['agents']:,} | {r['calls']:,} "
             f"| {r['checkin_p50']:.3f} / {r['checkin_p99']:.3f} / {r['checkin_max']:.3f} "
             f"| {1e3 * r['heartbeat_p50']:.1f} / {1e3 * r['heartbeat_p99']:.1f} / "
             f"{1e3 * r['heartbeat_max']:.1f} | {errors} | {r['coordinator_core']:.0%} "
@@ -461,6 +492,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--connect-rate", type=float, default=200.0, help="agents connecting per second"
     )
     parser.add_argument("--db", help="database URL (default: SQLite in the data directory)")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="also run each size against the coordinator of this checkout (a git worktree "
+        "of an earlier commit), after this one's, on the same fleet and database",
+    )
     parser.add_argument("--out", type=Path, help="keep the run here (default: a temp dir)")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_SIZES}, a 30 s window")
     args = parser.parse_args(argv)
@@ -476,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = args.out or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         coordinator = Coordinator(root, CONFIG, db_url=args.db)
-        coordinator.start(timeout=120)
+        _start(coordinator, None)
         try:
             enrolled = max(args.sizes)
             print(f"enrolling {enrolled} agents through {args.workers} workers", flush=True)
@@ -485,8 +522,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows = []
             for size in sorted(args.sizes):
                 print(f"fleet of {size}: connecting at {args.connect_rate:g}/s", flush=True)
-                rows.append(_run_size(coordinator, files, size, args, root))
-                print(json.dumps(rows[-1]), flush=True)
+                for source in (None, args.compare) if args.compare else (None,):
+                    rows.append(_run_size(coordinator, files, size, args, root, source))
+                    print(json.dumps(rows[-1]), flush=True)
         finally:
             coordinator.stop()
         (root / "fleet.json").write_text(json.dumps(rows, indent=2))

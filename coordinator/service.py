@@ -70,7 +70,11 @@ def _unary(
                 response = await fn(self, request, context)
             except CoordinatorError as exc:
                 await self._refuse(method, context, exc, started)
-            except (asyncio.CancelledError, grpc.aio.AbortError):
+            except asyncio.CancelledError:
+                # the caller went away or its deadline passed: counted, as every end is
+                self._count(method, grpc.StatusCode.CANCELLED, started)
+                raise
+            except grpc.aio.AbortError:
                 raise
             except Exception as exc:
                 log.exception("%s failed", method)
@@ -105,7 +109,11 @@ def _streaming(
                     yield item
             except CoordinatorError as exc:
                 await self._refuse(method, context, exc, started)
-            except (asyncio.CancelledError, grpc.aio.AbortError):
+            except asyncio.CancelledError:
+                # the caller went away or its deadline passed: counted, as every end is
+                self._count(method, grpc.StatusCode.CANCELLED, started)
+                raise
+            except grpc.aio.AbortError:
                 raise
             except Exception as exc:
                 log.exception("%s failed", method)

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from edge_client.session import Outcome
+from wire.v1 import edge_pb2 as pb
 
 from .harness import FAST, Coordinator, TestAgent
 from .test_dropouts import Known
@@ -80,6 +81,13 @@ def test_metrics_after_a_round(tmp_path: Path) -> None:
         async def scenario() -> None:
             agents = await TestAgent.many(coordinator, tmp_path, 4)
             try:
+                # a check-in its agent gives up while it is held is counted as CANCELLED
+                held = agents[0].stub.CheckIn(
+                    pb.CheckInRequest(task="digits-cnn", wait_seconds=2), timeout=10
+                )
+                await asyncio.sleep(0.5)
+                held.cancel()
+                await asyncio.sleep(0.5)
                 results = await asyncio.gather(
                     *(a.run_round(Known(i)) for i, a in enumerate(agents))
                 )
@@ -106,6 +114,7 @@ def test_metrics_after_a_round(tmp_path: Path) -> None:
     assert _sample(text, "fedadamw_round_survivors_clients") == 4
     assert _sample(text, "fedadamw_round_cohort_clients") == 4
     assert _sample(text, 'fedadamw_grpc_requests_total{code="OK",method="AdvertiseKeys"}') == 4
+    assert _sample(text, 'fedadamw_grpc_requests_total{code="CANCELLED",method="CheckIn"}') == 1
     assert _sample(text, 'fedadamw_received_bytes_total{kind="masked_input"}') > 4 * 38282 * 4
     assert 0 <= _sample(text, "fedadamw_global_test_accuracy_ratio") <= 1
 

@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -310,6 +311,19 @@ class _ProcessSampler:
         return (self._cpu() - self._cpu0) / max(1e-9, time.monotonic() - self._t0)
 
 
+def _served(coordinator: Coordinator) -> dict[str, float]:
+    """The coordinator's own count of calls by status code (``fedadamw_grpc_requests_total``)."""
+    url = f"http://127.0.0.1:{coordinator.metrics_port}/metrics"
+    counts: dict[str, float] = {}
+    with urllib.request.urlopen(url, timeout=30) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("fedadamw_grpc_requests_total{"):
+                labels, value = line.rsplit(" ", 1)
+                code = labels.split('code="', 1)[1].split('"', 1)[0]
+                counts[code] = counts.get(code, 0.0) + float(value)
+    return counts
+
+
 def _split(items: Sequence[str], parts: int) -> list[list[str]]:
     return [list(items[i::parts]) for i in range(parts)]
 
@@ -404,10 +418,17 @@ def _run_size(
         sampler.sample()
     connected_rss = max(sampler.rss)
     sampler.restart()
+    served_before = _served(coordinator)
     while time.monotonic() < window_ends:
         time.sleep(2.0)
         sampler.sample()
     core = sampler.core_share()
+    served_after = _served(coordinator)
+    served = {
+        code: served_after[code] - served_before.get(code, 0.0)
+        for code in served_after
+        if served_after[code] > served_before.get(code, 0.0)
+    }
     _wait_all(processes, f"fleet of {size}")
     results = [json.loads(out.read_text()) for out in outs]
     checkin = [x for r in results for x in r["checkin"]]
@@ -434,6 +455,7 @@ def _run_size(
         "heartbeat_max": max(heartbeat, default=float("nan")),
         "errors": errors,
         "error_details": details,
+        "served_by_code": served,  # the coordinator's own count, over about the same window
         "coordinator_core": core,
         "coordinator_rss_mb": max(max(sampler.rss, default=0), connected_rss) / 2**20,
         "coordinator_fds": max(sampler.fds, default=0),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +30,7 @@ from coordinator.store.session import default_sqlite_url
 from coordinator.store.sql import SqlStore
 from coordinator.tokens import hash_token, new_token
 from edge_client.enrollment import Credentials, enroll
+from edge_client.session import Outcome
 from wire.v1 import edge_pb2 as pb
 from wire.v1 import edge_pb2_grpc as pb_grpc
 
@@ -59,6 +60,7 @@ TOKENS = {
     "enroll_port": 1,
     "revocation": 2,
     "direct_revocation": 1,
+    "stream_revocation": COHORT,
     "tokens": 3,
 }
 
@@ -479,3 +481,52 @@ def test_a_client_outside_the_cohort_cannot_touch_the_round(cluster: Cluster) ->
     asyncio.run(scenario())
     assert len(refused) == 9
     assert all(len(phases) == 5 for phases in refused.values()), refused
+
+
+def test_a_revocation_ends_an_upload_stream_that_is_open(cluster: Cluster) -> None:
+    """Each chunk of an upload checks the revocations (coordinator/auth.py), so a client
+    revoked while its stream is open is refused at its next chunk. Its round then has fewer
+    than min_clients (3) inputs and aborts cleanly, and the others are served after it."""
+    coordinator = cluster.coordinator
+    credentials = _enroll_all(coordinator, cluster.tokens["stream_revocation"])
+    refusals: list[grpc.aio.AioRpcError] = []
+
+    async def scenario() -> list[tuple[Outcome, str | None]]:
+        async with connected(coordinator, credentials, cluster.root) as agents:
+            revoked = agents[0]
+
+            async def hook(s: HookedSession) -> None:
+                assert s.masked is not None
+                assert s.config is not None
+                data = s.masked.astype(s.masked.dtype.newbyteorder("<")).tobytes()
+                size = s.config.chunk_elements * s.masked.dtype.itemsize
+
+                async def chunks() -> AsyncIterator[pb.MaskedInputChunk]:
+                    for i in range(2):
+                        yield pb.MaskedInputChunk(
+                            round_id=s.round_id,
+                            phase=pb.PHASE_MASKED_INPUT,
+                            chunk_index=i,
+                            values=data[i * size : (i + 1) * size],
+                        )
+                        if i == 0:  # the stream stays open while the operator revokes
+                            client_id = str(revoked.credentials.client_id)
+                            await asyncio.to_thread(coordinator.cli, "clients", "revoke", client_id)
+
+                try:
+                    await revoked.stub.UploadMaskedInput(chunks(), timeout=60)
+                except grpc.aio.AioRpcError as exc:
+                    refusals.append(exc)
+
+            played = await play_round(agents, {"UploadMaskedInput": hook})
+            for other in agents[1:]:
+                assert (await _heartbeat(other.channel)).server_unix_ms > 0
+            return [(r.outcome, r.reason) for r in played.results]
+
+    outcomes = asyncio.run(scenario())
+    (refusal,) = refusals
+    assert refusal.code() is S.PERMISSION_DENIED, refusal
+    assert "revoked" in (refusal.details() or "")
+    assert outcomes[0][0] is Outcome.DROPPED, outcomes
+    assert "revoked" in (outcomes[0][1] or ""), outcomes
+    assert outcomes[1:] == [(Outcome.ABORTED, "too_few_clients")] * 2, outcomes

@@ -529,7 +529,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--sizes and --workers must be at least 1")
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard < max(args.sizes) + 1024:
-        parser.error(f"the open-files limit ({hard}) is below the fleet; raise ulimit -n")
+        print(
+            f"fleet: the open-files limit ({hard}) is below the fleet of {max(args.sizes)} "
+            "plus 1,024; raise `ulimit -Hn` or pass smaller --sizes",
+            file=sys.stderr,
+        )
+        return 1
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the coordinator inherits it
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         root = args.out or Path(tmp)

@@ -336,6 +336,11 @@ def _run(args: argparse.Namespace) -> int:
         port = metrics.serve(args.metrics_port, args.metrics_host)
         log.info("agent metrics on %s:%d/metrics", args.metrics_host, port)
     log.info("%d samples of %s on %s", data.num_samples, task.name, device)
+    try:
+        seconds = training.warm_up()
+    except FedAdamWError as exc:
+        raise EdgeError(ErrorCode.INVALID_ARGUMENT, f"cannot train on this data: {exc}") from exc
+    log.info("warmed up in %.1fs (one local step, before checking in)", seconds)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()

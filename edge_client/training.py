@@ -5,6 +5,14 @@ model once, checks that the coordinator's model has the same flat layout, and ru
 ``fedadamw.LocalTrainer`` with the round's algorithm, hyperparameters, ΔG, v̄ and t on the
 chosen device. It returns Δ, the block means of the final v (when the algorithm carries
 them) and the client's weight (1: the server averages clients equally).
+
+``warm_up`` runs one throwaway local step before the agent first checks in. PyTorch pays
+its first-call costs (the autograd engine, kernel choice, the thread pool, a GPU's context)
+on the first step, about a second on an idle CPU core and several on a busy one; paid after
+selection, they made round 0 the slowest round for the whole cohort, which waits for its
+last member. Training keeps no state between rounds (each writes the round's x into the
+model and builds a new optimizer, and batches come from a seeded generator), so the
+warm-up changes no round's result.
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ from wire import Segment
 __all__ = ["LocalTraining", "TrainingStoppedError", "select_device"]
 
 log = logging.getLogger(__name__)
+
+
+WARM_UP_BATCH = 32  # samples in the warm-up's one step
 
 
 class TrainingStoppedError(EdgeError):
@@ -95,6 +106,31 @@ class LocalTraining:
         self.trainer = LocalTrainer(
             model=model, layout=self.layout, partition=None, loss_fn=task.loss, device=device
         )
+
+    def warm_up(self) -> float:
+        """One local step of FedAdamW on the task's initial model, thrown away (see the
+        module docstring); the seconds it took. Progress and step counts are not told."""
+        started = time.perf_counter()
+        model = self.task.build_model(seed=0)
+        plan = RoundPlan(
+            algorithm=get_algorithm("fedadamw"),
+            model=self.layout.read(model).cpu(),
+            global_update=None,
+            second_moment=None,
+            global_step=0,
+            lr=1e-3,
+            local_steps=1,
+            hyper=Hyperparameters(),
+        )
+        partition = self.trainer.partition
+        self.trainer.partition = BlockPartition.build(
+            self.layout, BlockMode.parse("tensor"), head_blocks=self.head_blocks
+        )
+        try:
+            self.trainer.train(plan, self.data.batches(batch_size=WARM_UP_BATCH, seed=0))
+        finally:
+            self.trainer.partition = partition
+        return time.perf_counter() - started
 
     def _step(self, done: int, total: int) -> None:
         if self.stop.is_set():

@@ -20,6 +20,7 @@ BENCHMARKS = {
     "agent": "tests.benchmarks.bench_agent",
     "cohort": "tests.benchmarks.bench_cohort",
     "fleet": "tests.benchmarks.bench_fleet",
+    "warm-up": "tests.benchmarks.bench_warm_up",
 }
 
 

@@ -155,8 +155,9 @@ class _Calls:
             code = exc.code().name
             self.errors[code] = self.errors.get(code, 0) + 1
             seen = self.details.setdefault(code, [])
-            if len(seen) < 3 and exc.details() not in seen:
-                seen.append(str(exc.details()))
+            detail = f"{exc.details()} ({exc.debug_error_string()})"  # who ended it, and where
+            if len(seen) < 3 and detail not in seen:
+                seen.append(detail)
 
 
 async def _simulated_agent(

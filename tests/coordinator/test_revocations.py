@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.auth import Revocations
-from coordinator.domain import REVOCATION_REFRESH
+from coordinator.domain import REVOCATION_REFRESH, Client
 from coordinator.errors import ErrorCode, StoreError
 from coordinator.store.sql import SqlStore
 
@@ -39,6 +39,14 @@ class CountingStore(SqlStore):
         if self.reads == 1 and self.hold_first is not None:
             self.hold_first.wait(30)  # a slow answer, read before the test revokes
         return ids
+
+
+def _with_one_revoked(store: CountingStore, **options: float) -> tuple[Revocations, Client]:
+    """A cache over ``store`` with its clock stopped, and a client revoked in the store."""
+    revocations = Revocations(store, clock=lambda: 100.0, **options)
+    client = enroll(store, "c")
+    store.revoke_client(client.client_id, now=at(10))
+    return revocations, client
 
 
 @pytest.fixture
@@ -72,10 +80,7 @@ def test_concurrent_calls_share_one_read_and_a_revocation_shows_after_the_refres
 def test_a_failed_read_fails_every_waiting_call_and_the_next_call_reads_again(
     store: CountingStore,
 ) -> None:
-    now = [100.0]
-    revocations = Revocations(store, clock=lambda: now[0])
-    client = enroll(store, "c")
-    store.revoke_client(client.client_id, now=at(10))
+    revocations, client = _with_one_revoked(store)
 
     async def scenario() -> tuple[list[BaseException | frozenset[int]], frozenset[int]]:
         store.fail = True
@@ -96,10 +101,7 @@ def test_a_failed_read_fails_every_waiting_call_and_the_next_call_reads_again(
 def test_a_read_whose_callers_were_cancelled_still_completes_for_the_next(
     store: CountingStore,
 ) -> None:
-    now = [100.0]
-    revocations = Revocations(store, clock=lambda: now[0])
-    client = enroll(store, "c")
-    store.revoke_client(client.client_id, now=at(10))
+    revocations, client = _with_one_revoked(store)
 
     async def scenario() -> frozenset[int]:
         caller = asyncio.ensure_future(revocations.current())
@@ -146,10 +148,7 @@ def test_a_call_long_after_a_slow_read_began_does_not_take_its_old_answer(
 def test_a_hung_read_refuses_within_the_timeout_and_the_next_call_reads_again(
     store: CountingStore,
 ) -> None:
-    now = [100.0]
-    revocations = Revocations(store, timeout=0.3, clock=lambda: now[0])
-    client = enroll(store, "c")
-    store.revoke_client(client.client_id, now=at(10))
+    revocations, client = _with_one_revoked(store, timeout=0.3)
     store.hold_first = threading.Event()
 
     async def scenario() -> tuple[list[BaseException | frozenset[int]], frozenset[int]]:

@@ -253,7 +253,17 @@ class Coordinator:
         await self.server.start()
         await publish_health()
         if options.metrics_port is not None:
-            self.ports["metrics"] = self.metrics.serve(options.metrics_port, options.metrics_host)
+            address = f"{options.metrics_host}:{options.metrics_port}"
+            try:
+                self.ports["metrics"] = self.metrics.serve(
+                    options.metrics_port, options.metrics_host
+                )
+            except OSError as exc:
+                raise CoordinatorError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"cannot serve /metrics on {address}: {exc.strerror or exc} (the port is in "
+                    "use by another process, or the address is not one of this host's)",
+                ) from exc
         log.info(
             "coordinator serving task %s (%s): agents on %s:%d, enrollment on %s:%d%s",
             config.task,

@@ -340,3 +340,20 @@ def test_a_port_another_process_holds_is_an_error_not_shared(
     log = coordinator.log()
     assert f"fedadamw-coordinator: error: cannot listen on 127.0.0.1:{port}" in log, log
     assert "in use by another process" in log
+
+
+def test_a_metrics_port_another_process_holds_is_a_clear_error(
+    tmp_path: Path, instances: list[Instance]
+) -> None:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = int(holder.getsockname()[1])
+        coordinator = Instance(tmp_path / "a")
+        instances.append(coordinator)
+        coordinator.metrics_port = port
+        coordinator.launch()
+        assert coordinator.wait_exit(timeout=60) == 2
+    log = coordinator.log()
+    assert f"fedadamw-coordinator: error: cannot serve /metrics on 127.0.0.1:{port}" in log, log
+    assert "Traceback" not in log, log

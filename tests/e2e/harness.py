@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -55,10 +56,24 @@ FAST = {
 }
 
 
+# Below Linux's ephemeral range (32768-60999): a port the kernel picks for bind(0) or for an
+# outgoing connection comes from that range, so between this check and the process's own
+# bind, another test's connection could take it (seen in CI: a coordinator's metrics port).
+_PORTS = (20_000, 32_767)
+_port_rng = random.Random()
+
+
 def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback TCP port free now, outside the range the kernel hands out by itself."""
+    for _ in range(1000):
+        port = _port_rng.randint(*_PORTS)
+        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS[0]}-{_PORTS[1]} after 1000 tries")
 
 
 def _toml(value: Any) -> str:

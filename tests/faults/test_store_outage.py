@@ -43,6 +43,7 @@ from tests.e2e.harness import (
     Coordinator,
     TestAgent,
     drop_postgres_schema,
+    free_port,
     merged,
     postgres_schema_or_skip,
 )
@@ -100,10 +101,7 @@ class Relay:
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+        self.port = free_port()  # it binds the port again after each cut
         self._lock = threading.Lock()
         self._open: list[tuple[socket.socket, socket.socket]] = []
         self._listener: socket.socket | None = None

@@ -22,6 +22,7 @@ from the ``fedadamw-client-id`` metadata and nothing proves it.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -74,13 +75,14 @@ class Revocations:
         self.timeout = timeout
         self.clock = clock
         self._ids: frozenset[int] = frozenset()
-        self._read_at: float | None = None
+        self._read_at = -math.inf  # when the query that read ``_ids`` began
+        self._not_before = -math.inf  # reads begun before this (``expire``) do not count
         self._reading: tuple[float, asyncio.Task[frozenset[int]]] | None = None
 
     async def current(self) -> frozenset[int]:
         """The revoked ids, as of at most ``refresh`` seconds before this call."""
         asked = self.clock()
-        if self._read_at is not None and asked - self._read_at < self.refresh:
+        if asked - self._read_at < self.refresh:
             return self._ids
         reading = self._reading
         if reading is None or reading[0] < asked - self.refresh:
@@ -100,8 +102,10 @@ class Revocations:
             ) from None
 
     def expire(self) -> None:
-        """Forget the ids read so far: the next call reads them again."""
-        self._read_at = None
+        """Forget the ids read so far: the next call reads them again, and a read begun
+        before now, still in flight, is not kept when it ends."""
+        self._not_before = self.clock()
+        self._read_at = -math.inf
         self._reading = None
 
     async def _read(self, started: float) -> frozenset[int]:
@@ -111,7 +115,7 @@ class Revocations:
         finally:
             if self._reading is not None and self._reading[1] is asyncio.current_task():
                 self._reading = None
-        if self._read_at is None or started > self._read_at:
+        if started >= max(self._read_at, self._not_before):
             self._ids, self._read_at = ids, started
         return ids
 
@@ -129,14 +133,13 @@ class Authenticator:
         store: Store,
         insecure: bool,
         rate_per_second: float,
-        revocation_refresh: float = REVOCATION_REFRESH,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.insecure = insecure
         self.rate = rate_per_second
         self.clock = clock
-        self.revocations = Revocations(store, refresh=revocation_refresh, clock=clock)
+        self.revocations = Revocations(store, clock=clock)
         self._clients: OrderedDict[int, Client] = OrderedDict()
         self._peers: OrderedDict[bytes, tuple[int, int | None]] = OrderedDict()
         self._buckets: OrderedDict[int, _Bucket] = OrderedDict()
@@ -179,9 +182,7 @@ class Authenticator:
         of the certificate's bytes, so they are kept by those bytes and each certificate is
         parsed once, not on every call of its connection."""
         pem = next(iter(auth.get("x509_pem_cert") or ()), None)
-        known = self._peers.get(pem) if pem is not None else None
-        if known is not None:
-            assert pem is not None
+        if pem is not None and (known := self._peers.get(pem)) is not None:
             self._peers.move_to_end(pem)
             return known
         entries = {key: list(values) for key, values in auth.items()}

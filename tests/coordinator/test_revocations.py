@@ -165,3 +165,30 @@ def test_a_hung_read_refuses_within_the_timeout_and_the_next_call_reads_again(
     assert codes == [ErrorCode.STORE_UNAVAILABLE] * 10
     assert again == {client.client_id}
     assert store.reads == 2
+
+
+def test_after_expire_a_read_begun_before_it_is_not_kept(store: CountingStore) -> None:
+    """The driver expires the ids when the store refuses a cohort with a just-revoked client:
+    an older read still in flight must not bring back the ids from before the revocation."""
+    now = [100.0]
+    revocations = Revocations(store, clock=lambda: now[0])
+    client = enroll(store, "c")
+    store.hold_first = threading.Event()
+
+    async def scenario() -> tuple[frozenset[int], frozenset[int], frozenset[int]]:
+        old = asyncio.ensure_future(revocations.current())
+        while store.reads < 1:
+            await asyncio.sleep(0.01)
+        store.revoke_client(client.client_id, now=at(10))
+        now[0] += 0.1
+        revocations.expire()
+        assert store.hold_first is not None
+        store.hold_first.set()  # the old read ends after the expiry, before any new call
+        stale = await old
+        fresh = await revocations.current()
+        return stale, fresh, await revocations.current()
+
+    stale, fresh, after = asyncio.run(scenario())
+    assert stale == frozenset()  # what the old read's own callers get
+    assert fresh == after == {client.client_id}
+    assert store.reads == 2

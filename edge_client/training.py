@@ -108,13 +108,12 @@ class LocalTraining:
         )
 
     def warm_up(self) -> float:
-        """One local step of FedAdamW on the task's initial model, thrown away (see the
+        """One local step of FedAdamW from the model's current x, thrown away (see the
         module docstring); the seconds it took. Progress and step counts are not told."""
         started = time.perf_counter()
-        model = self.task.build_model(seed=0)
         plan = RoundPlan(
             algorithm=get_algorithm("fedadamw"),
-            model=self.layout.read(model).cpu(),
+            model=self.layout.read(self.trainer.model).cpu(),  # its initial x, as built
             global_update=None,
             second_moment=None,
             global_step=0,

@@ -323,8 +323,12 @@ def test_standby_timeout_exits_3_naming_the_holder_and_sigterm_ends_a_standby(
     assert leader._healthy(leader.ca_pem)  # the leader is unaffected
 
 
+@pytest.mark.parametrize(
+    ("port_of", "refusal"),
+    [("port", "cannot listen on"), ("metrics_port", "cannot serve /metrics on")],
+)
 def test_a_port_another_process_holds_is_an_error_not_shared(
-    tmp_path: Path, instances: list[Instance]
+    tmp_path: Path, instances: list[Instance], port_of: str, refusal: str
 ) -> None:
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as holder:
         # SO_REUSEPORT on the holder's side: a listener that also set it would share the port.
@@ -334,26 +338,10 @@ def test_a_port_another_process_holds_is_an_error_not_shared(
         port = int(holder.getsockname()[1])
         coordinator = Instance(tmp_path / "a")
         instances.append(coordinator)
-        coordinator.port = port
+        setattr(coordinator, port_of, port)
         coordinator.launch()
         assert coordinator.wait_exit(timeout=60) == 2
     log = coordinator.log()
-    assert f"fedadamw-coordinator: error: cannot listen on 127.0.0.1:{port}" in log, log
+    assert f"fedadamw-coordinator: error: {refusal} 127.0.0.1:{port}" in log, log
     assert "in use by another process" in log
-
-
-def test_a_metrics_port_another_process_holds_is_a_clear_error(
-    tmp_path: Path, instances: list[Instance]
-) -> None:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = int(holder.getsockname()[1])
-        coordinator = Instance(tmp_path / "a")
-        instances.append(coordinator)
-        coordinator.metrics_port = port
-        coordinator.launch()
-        assert coordinator.wait_exit(timeout=60) == 2
-    log = coordinator.log()
-    assert f"fedadamw-coordinator: error: cannot serve /metrics on 127.0.0.1:{port}" in log, log
     assert "Traceback" not in log, log

@@ -116,11 +116,20 @@ def postgres_url_for_schema(schema: str) -> str:
 
 
 def drop_postgres_schema(schema: str) -> None:
+    """Drop the schema. A drop can deadlock with a connection a test's coordinator left
+    open (PostgreSQL then cancels one side), so the drop is tried again a few times."""
     import psycopg
 
     base = PG_URL.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    for attempt in range(5):
+        try:
+            with psycopg.connect(base, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            return
+        except psycopg.errors.DeadlockDetected:
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 class Coordinator:

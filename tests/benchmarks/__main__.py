@@ -21,6 +21,7 @@ BENCHMARKS = {
     "cohort": "tests.benchmarks.bench_cohort",
     "fleet": "tests.benchmarks.bench_fleet",
     "warm-up": "tests.benchmarks.bench_warm_up",
+    "secure-cohort": "tests.benchmarks.bench_secure_cohort",
 }
 
 

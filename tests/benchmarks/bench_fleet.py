@@ -78,9 +78,15 @@ ENROLL_CONCURRENCY = 16
 
 
 def _save(path: Path, credentials: list[Credentials]) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    raw = serialization.Encoding.Raw, serialization.PrivateFormat.Raw
     rows = [
         {
             "client_id": c.client_id,
+            "identity_key": base64.b64encode(
+                c.identity_key.private_bytes(*raw, serialization.NoEncryption())
+            ).decode(),
             "tls_key_pem": base64.b64encode(c.tls_key_pem).decode(),
             "certificate_pem": base64.b64encode(c.certificate_pem).decode(),
         }
@@ -92,11 +98,12 @@ def _save(path: Path, credentials: list[Credentials]) -> None:
 def _load(path: Path, ca_pem: bytes) -> list[Credentials]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    identity = Ed25519PrivateKey.generate()  # not used while waiting; CheckIn needs no key
     return [
         Credentials(
             client_id=row["client_id"],
-            identity_key=identity,
+            identity_key=Ed25519PrivateKey.from_private_bytes(
+                base64.b64decode(row["identity_key"])
+            ),
             tls_key_pem=base64.b64decode(row["tls_key_pem"]),
             certificate_pem=base64.b64decode(row["certificate_pem"]),
             ca_certificate_pem=ca_pem,

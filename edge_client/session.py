@@ -278,6 +278,9 @@ class RoundSession:
             "quantization layout", SegmentLayout.from_dict, config.quantization_json
         )
         downloads = asyncio.ensure_future(self._download_all(config))
+        # A round that ends before the masked-input phase never awaits the downloads: their
+        # failure, if any, is read here instead of reaching the loop's "never retrieved".
+        downloads.add_done_callback(lambda done: done.cancelled() or done.exception())
         try:
             if config.secure_aggregation:
                 session = _from_coordinator(

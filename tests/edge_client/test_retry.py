@@ -142,12 +142,15 @@ def test_a_policy_that_cannot_work_is_refused(kwargs: dict[str, Any], message: s
 
 
 def test_which_codes_each_policy_retries() -> None:
-    assert {Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.RESOURCE_EXHAUSTED} == retry.TEMPORARY
+    assert {
+        Code.UNAVAILABLE,
+        Code.DEADLINE_EXCEEDED,
+        Code.RESOURCE_EXHAUSTED,
+        Code.CANCELLED,
+    } == retry.TEMPORARY
     for policy in (ROUND, DOWNLOAD):
         assert all(policy.retries(c) for c in retry.TEMPORARY)
         assert not any(policy.retries(c) for c in PERMANENT)
-        # a stopping coordinator ends calls with UNAVAILABLE; CANCELLED is our own doing
-        assert not policy.retries(Code.CANCELLED)
     # the check-in loop survives everything but a refusal of the agent or its configuration
     assert not CHECK_IN.retries(Code.UNAUTHENTICATED)
     assert not CHECK_IN.retries(Code.PERMISSION_DENIED)
@@ -316,6 +319,17 @@ def test_a_rounds_calls_retry_temporary_codes_through_the_sessions_sleep(tmp_pat
     assert len(fake.slept) == 3
 
 
+def test_a_call_the_transport_cancelled_is_sent_again(tmp_path: Path) -> None:
+    """bench_secure_cohort at 1,000 agents: AdvertiseKeys ended CANCELLED without reaching
+    the coordinator, and the agents left the round; now the call goes again."""
+    fake = FakeTime()
+    session = _session(tmp_path, fake)
+    call = Flaky(Code.CANCELLED, Code.CANCELLED)
+    assert _run(lambda: session._send_phase("AdvertiseKeys", call)) is None
+    assert call.calls == 3
+    assert len(fake.slept) == 2
+
+
 def test_a_rounds_calls_stop_at_its_deadline(tmp_path: Path) -> None:
     fake = FakeTime()
     session = _session(tmp_path, fake)
@@ -401,3 +415,40 @@ def test_abandoning_a_round_lets_an_unexpected_error_through() -> None:
 
     with pytest.raises(OSError, match="disk full"):
         _abandon(breaks_when_cancelled)
+
+
+def test_the_agents_own_cancellation_is_never_a_cancelled_status() -> None:
+    """Retrying CANCELLED is safe only because a call the agent cancels itself (a task
+    cancelled: a stop, a session's end) raises CancelledError, not AioRpcError(CANCELLED).
+    A real gRPC server on loopback holds one call open, and the task awaiting it is
+    cancelled."""
+    entered = asyncio.Event()
+
+    async def hang(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        entered.set()
+        await asyncio.sleep(60)
+        return b""
+
+    async def scenario() -> None:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "test.Hang", {"Call": grpc.unary_unary_rpc_method_handler(hang)}
+                ),
+            )
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.unary_unary("/test.Hang/Call")
+                task = asyncio.ensure_future(call(b""))
+                await asyncio.wait_for(entered.wait(), timeout=10)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+        finally:
+            await server.stop(None)
+
+    asyncio.run(scenario())

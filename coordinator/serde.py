@@ -162,23 +162,34 @@ def settings_to_proto(
     )
 
 
+_last_broadcast: list[tuple[object, pb.KeysBroadcast]] = []
+"""The newest broadcast's keys and their message: the share-keys phase sends every
+participant the same n advertisements, so they are converted once per round, not n times."""
+
+
+def _broadcast_to_proto(message: KeysBroadcast) -> pb.KeysBroadcast:
+    if _last_broadcast and _last_broadcast[0][0] is message.keys:
+        return _last_broadcast[0][1]
+    out = pb.KeysBroadcast(
+        keys=[
+            pb.AdvertisedKeys(
+                secagg_id=k.client_id,
+                identity_key=k.identity_key,
+                encryption_key=k.encryption_key,
+                masking_key=k.masking_key,
+                signature=k.signature,
+                self_mask_commitment=k.self_mask_commitment,
+            )
+            for k in message.keys
+        ]
+    )
+    _last_broadcast[:] = [(message.keys, out)]
+    return out
+
+
 def _message_to_proto(message: ServerMessage) -> dict[str, object]:
     if isinstance(message, KeysBroadcast):
-        return {
-            "keys": pb.KeysBroadcast(
-                keys=[
-                    pb.AdvertisedKeys(
-                        secagg_id=k.client_id,
-                        identity_key=k.identity_key,
-                        encryption_key=k.encryption_key,
-                        masking_key=k.masking_key,
-                        signature=k.signature,
-                        self_mask_commitment=k.self_mask_commitment,
-                    )
-                    for k in message.keys
-                ]
-            )
-        }
+        return {"keys": _broadcast_to_proto(message)}
     if isinstance(message, SharesDelivery):
         return {
             "shares": pb.SharesDelivery(

@@ -117,12 +117,14 @@ def add_shares(
         if existing == incoming:
             return AddResult.DUPLICATE
         raise StoreError(ErrorCode.CONFLICT, f"a different {what} is already stored")
+    shares = [
+        {"round_id": round_id, "sender": sender, "recipient": recipient, "ciphertext": data}
+        for recipient, data in sorted(incoming.items())
+    ]
     result = insert_once(
         session,
-        [
-            ShareRow(round_id=round_id, sender=sender, recipient=recipient, ciphertext=data)
-            for recipient, data in sorted(incoming.items())
-        ],
+        [],
+        bulk=[(ShareRow, shares)],
         stored=stored,
         same=lambda stored_set: stored_set == incoming,
         what=what,
@@ -222,23 +224,21 @@ def add_unmask_response(session: Session, record: UnmaskRecord) -> AddResult:
             return None
         return _unmask_record(session, record.round_id, record.secagg_id)
 
-    rows: list[UnmaskResponseRow | UnmaskShareRow] = [
-        UnmaskResponseRow(round_id=record.round_id, secagg_id=record.secagg_id)
+    shares = [
+        {
+            "round_id": record.round_id,
+            "holder": record.secagg_id,
+            "owner": owner,
+            "kind": kind,
+            "share": bytes(share),
+        }
+        for kind, pairs in ((SELF_MASK, record.self_mask_shares), (SECRET_KEY, record.key_shares))
+        for owner, share in pairs
     ]
-    for kind, pairs in ((SELF_MASK, record.self_mask_shares), (SECRET_KEY, record.key_shares)):
-        rows.extend(
-            UnmaskShareRow(
-                round_id=record.round_id,
-                holder=record.secagg_id,
-                owner=owner,
-                kind=kind,
-                share=bytes(share),
-            )
-            for owner, share in pairs
-        )
     result = insert_once(
         session,
-        rows,
+        [UnmaskResponseRow(round_id=record.round_id, secagg_id=record.secagg_id)],
+        bulk=[(UnmaskShareRow, shares)],
         stored=stored,
         same=lambda stored_record: stored_record == canonical,
         what=f"unmask response of secagg id {record.secagg_id}",

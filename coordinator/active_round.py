@@ -1,8 +1,9 @@
 """The open round in memory: its pure state, and the locks and streams around it.
 
 ``ActiveRound`` wraps the ``RoundState`` of the open round (``coordinator.round_state``)
-with what only a running service needs: the lock that serializes changes, the event that
-lets the driver close a phase early, the watch streams of the participants, and the
+with what only a running service needs: the lock that serializes changes, the queue that
+stores the accepted messages in shared transactions (``coordinator.group_commit``), the
+event that lets the driver close a phase early, the watch streams of the participants, and the
 per-participant upload locks. The database is the source of truth; ``coordinator.replay``
 rebuilds the state from it after a restart or a driver fault.
 """
@@ -10,11 +11,13 @@ rebuilds the state from it after a restart or a driver fault.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from coordinator.domain import RoundPhase
-from coordinator.errors import CoordinatorError, ErrorCode
+from coordinator.errors import CoordinatorError, ErrorCode, StoreError
+from coordinator.group_commit import GroupCommit
 from coordinator.round_state import RoundEvent, RoundState
 
 __all__ = ["ActiveRound"]
@@ -31,8 +34,20 @@ class ActiveRound:
     upload_locks: dict[int, asyncio.Lock] = field(default_factory=dict)
     finished: RoundEvent | None = None  # how the round ended, once it has
     retired: bool = False  # replaced (or being replaced) by a round rebuilt from the store
+    writes: GroupCommit[Any] = field(init=False)  # accepted messages on their way to the store
 
     def __post_init__(self) -> None:
+        self.writes = GroupCommit(on_settled=self._settled)
+        self.update_ready()
+
+    def _settled(self, outcomes: Sequence[BaseException | None]) -> None:
+        """A batch of accepted messages reached the store, or some did not: then the state
+        holds a message the store lacks, and the next close rebuilds the round."""
+        for outcome in outcomes:
+            if isinstance(outcome, StoreError):
+                self.state.store_failed(outcome.code)
+            elif outcome is not None:
+                self.state.store_failed(ErrorCode.INTERNAL)
         self.update_ready()
 
     @property

@@ -252,8 +252,9 @@ class RoundDriver:
         """Replace the in-memory round by the one the store holds (after a driver fault).
 
         The old round is retired first: every call on it gets UNAVAILABLE (agents retry),
-        and its watchers are told to watch again. Holding its lock lets a message being
-        stored finish first, so the replay sees everything that was acknowledged. Until the
+        and its watchers are told to watch again. Holding its lock and waiting for its queued
+        writes lets every message being stored finish first, so the replay sees everything
+        that was acknowledged. Until the
         replay succeeds the retired round stays in place, refusing work.
         """
         self.stage = DriverStage.RESTORE
@@ -263,6 +264,7 @@ class RoundDriver:
             return
         old.retire()
         async with old.lock:
+            await old.writes.drained()  # what was acknowledged is in the store
             await self._replace_active()
 
     async def _replace_active(self) -> None:
@@ -360,6 +362,8 @@ class RoundDriver:
                 async with asyncio.timeout(timeout):
                     await active.ready.wait()
         async with active.lock:
+            # the accepted messages in the state are in the store, or the state says not
+            await active.writes.drained()
             self.stage = DriverStage.CLOSE_PHASE
             state = active.state
             unmasks = state.phase is RoundPhase.UNMASKING and state.ready_to_sum

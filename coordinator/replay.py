@@ -13,7 +13,7 @@ service only parses requests into records and never builds a store call.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import singledispatch
@@ -31,7 +31,7 @@ from coordinator.domain import (
     ShareRecord,
     UnmaskRecord,
 )
-from coordinator.errors import CoordinatorError, ErrorCode
+from coordinator.errors import CoordinatorError, ErrorCode, StoreError
 from coordinator.reasons import Dropped
 from coordinator.round_settings import RoundSettings
 from coordinator.round_state import RoundState, new_aggregation
@@ -49,7 +49,14 @@ from secure_agg import (
     UnmaskResponse,
 )
 
-__all__ = ["DropRecord", "ShareBatch", "input_messages", "replay", "write_record"]
+__all__ = [
+    "DropRecord",
+    "ShareBatch",
+    "input_messages",
+    "replay",
+    "write_record",
+    "write_records",
+]
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,22 @@ def _(record: UnmaskRecord, store: Store) -> None:
 @write_record.register
 def _(record: DropRecord, store: Store) -> None:
     store.drop_participant(record.round_id, record.secagg_id, reason=record.dropped.stored)
+
+
+def write_records(records: Sequence[AgentRecord], store: Store) -> list[StoreError | None]:
+    """Store ``records`` in one transaction (``Store.batch``), each under a savepoint of its
+    own; returns each one's refusal (None: stored). Raises ``StoreError`` when the
+    transaction as a whole failed: then none is stored (``coordinator.group_commit``)."""
+    outcomes: list[StoreError | None] = []
+    with store.batch():
+        for record in records:
+            try:
+                write_record(record, store)
+            except StoreError as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+    return outcomes
 
 
 def input_messages(

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 
 from coordinator.active_round import ActiveRound
@@ -35,7 +35,7 @@ from coordinator.listener import ObservingListener, RoundListener
 from coordinator.metrics import Metrics
 from coordinator.model_state import ModelState
 from coordinator.reasons import Dropped
-from coordinator.replay import AgentRecord, DropRecord, write_record
+from coordinator.replay import AgentRecord, DropRecord, write_records
 from coordinator.round_settings import RoundSettings
 from coordinator.round_state import RoundEvent, RoundState
 from coordinator.store import Store
@@ -329,22 +329,25 @@ class RoundMachine:
                 record = DropRecord(round_id, participant.secagg_id, received.drop)
             elif received.refusal is not None:
                 raise received.refusal
-            try:
-                await asyncio.to_thread(write_record, record, self.store)
-            except StoreError as exc:
-                log.error(
-                    "round %s: an accepted message from client %d could not be stored (%s); "
-                    "the round is rebuilt from the store",
-                    round_id,
-                    client_id,
-                    exc,
-                )
-                state.store_failed(exc.code)
-                raise
-            finally:
-                active.update_ready()
-            if received.refusal is not None:
-                raise received.refusal
+            # stored with the others queued meanwhile, in one transaction, after the lock
+            # is released; acknowledged once that transaction commits
+            written = active.writes.submit(record, self._write_records)
+        try:
+            await asyncio.shield(written)
+        except StoreError as exc:  # the state was marked: the next close rebuilds the round
+            log.error(
+                "round %s: an accepted message from client %d could not be stored (%s); "
+                "the round is rebuilt from the store",
+                round_id,
+                client_id,
+                exc,
+            )
+            raise
+        if received.refusal is not None:
+            raise received.refusal
+
+    def _write_records(self, records: Sequence[AgentRecord]) -> list[StoreError | None]:
+        return write_records(records, self.store)
 
     async def client_abort(
         self, client_id: int, round_id: str, phase: RoundPhase, reason: str

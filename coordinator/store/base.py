@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 
 from coordinator.domain import (
@@ -49,6 +50,12 @@ IssueCertificate = Callable[[int], tuple[bytes, int]]
 
 class Store(abc.ABC):
     """The coordinator's durable state. See the module docstring for the contract."""
+
+    def batch(self) -> AbstractContextManager[None]:
+        """A block whose writes on this thread commit together, each undone alone if it
+        raises (``coordinator.group_commit``); a failed commit raises and stores none. By
+        default each write is a transaction of its own."""
+        return nullcontext()
 
     # --- schema -------------------------------------------------------------------------
 

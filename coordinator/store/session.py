@@ -26,6 +26,7 @@ connect timeout; transactions are READ COMMITTED and the store locks the rows it
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -156,6 +157,7 @@ class Database:
         self.description = describe_url(self.url)
         self.engine = create_store_engine(self.url)
         self._write_engine = self.engine.execution_options(**{_WRITE: True})
+        self._batch = threading.local()  # the session of this thread's open batch, if any
 
     @property
     def dialect(self) -> str:
@@ -168,13 +170,36 @@ class Database:
 
         ``write=True`` for every transaction that may write (on SQLite it takes the write
         lock up front). Errors are translated as the module docstring says.
+
+        Inside ``batch()`` on the same thread, the block is a savepoint of the batch's
+        transaction instead: it is undone alone if it raises, and committed with the rest.
         """
+        joined: Session | None = getattr(self._batch, "session", None)
+        if joined is not None:
+            with translate_errors(self.url), joined.begin_nested():
+                yield joined
+            return
         session = Session(bind=self._write_engine if write else self.engine)
         try:
             with translate_errors(self.url), session.begin():
                 yield session
         finally:
             session.close()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One write transaction that every ``transaction()`` this thread opens in the block
+        joins, committed when the block ends (one commit for many writes). A failed commit
+        raises, and then nothing of the block is stored."""
+        if getattr(self._batch, "session", None) is not None:
+            yield  # already in a batch: join it
+            return
+        with self.transaction(write=True) as session:
+            self._batch.session = session
+            try:
+                yield
+            finally:
+                self._batch.session = None
 
     @contextmanager
     def write_connection(self) -> Iterator[Connection]:

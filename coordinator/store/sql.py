@@ -19,6 +19,7 @@ audit log, and wires the rest. Contract details beyond ``Store``'s docstrings ar
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 
 from sqlalchemy import func, select
@@ -95,6 +96,9 @@ class SqlStore(Store):
 
     def __repr__(self) -> str:
         return f"SqlStore({self._db.description})"
+
+    def batch(self) -> AbstractContextManager[None]:
+        return self._db.batch()
 
     # --- schema -------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ Measured, per cohort size:
 
 - each phase's wall time and the round's (selection excluded), as the coordinator stored
   them (``status --json``);
-- the coordinator's CPU seconds in each phase: its ``/proc`` CPU time, sampled every 0.1 s
+- the coordinator's CPU seconds in each phase: its ``/proc`` CPU time, sampled every 0.25 s
   together with the ``fedadamw_round_phase`` gauge, and each interval's CPU charged to the
   phase open at its end;
 - the agents' CPU seconds (every worker's, over the round) and the outcomes they reported.
@@ -53,7 +53,7 @@ SIZES = (100, 300, 1000)
 QUICK_SIZES = (20, 50)
 TASK = "tests.benchmarks.bench_ingest:Ingest100K"
 ENROLL_WORKERS = 4
-SAMPLE_SECONDS = 0.1
+SAMPLE_SECONDS = 0.25
 MODULE = "tests.benchmarks.bench_secure_cohort"
 
 

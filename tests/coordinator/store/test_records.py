@@ -280,3 +280,28 @@ def test_unmask_responses_are_checked_before_storing(store: SqlStore) -> None:
     raises_code(ErrorCode.INVALID_ARGUMENT, lambda: store.add_unmask_response(stranger))
     assert store.list_unmask_responses("r0") == []
     assert _status(store, 1) is ParticipantStatus.SELECTED
+
+
+def test_a_batch_commits_its_writes_together_and_undoes_a_refused_one_alone(
+    store: SqlStore, second_store: SqlStore
+) -> None:
+    """``Store.batch`` (group commit): nothing is visible to another connection before the
+    block ends, a refused write is undone alone, and the rest commit."""
+    _in_phase(store, RoundPhase.ADVERTISE_KEYS)
+    with store.batch():
+        store.add_advertised_keys(keys("r0", 1))
+        raises_code(ErrorCode.NOT_IN_COHORT, partial(store.add_advertised_keys, keys("r0", 99)))
+        store.add_advertised_keys(keys("r0", 2))
+        assert store.list_advertised_keys("r0") == [keys("r0", 1), keys("r0", 2)]  # its own
+        assert second_store.list_advertised_keys("r0") == []  # not committed yet
+    assert second_store.list_advertised_keys("r0") == [keys("r0", 1), keys("r0", 2)]
+    assert _status(second_store, 1) is ParticipantStatus.ADVERTISED
+
+
+def test_a_batch_that_raises_stores_none_of_its_writes(store: SqlStore) -> None:
+    _in_phase(store, RoundPhase.ADVERTISE_KEYS)
+    with pytest.raises(RuntimeError), store.batch():
+        store.add_advertised_keys(keys("r0", 1))
+        raise RuntimeError("the batch fails before its commit")
+    assert store.list_advertised_keys("r0") == []
+    assert store.add_advertised_keys(keys("r0", 1)) is AddResult.ADDED  # and nothing is stuck

@@ -68,8 +68,10 @@ def test_a_refused_record_fails_alone(store: SqlStore) -> None:
         return list(await asyncio.gather(*futures, return_exceptions=True))
 
     first, outsider, second = asyncio.run(scenario())
-    assert first is None and second is None
-    assert isinstance(outsider, StoreError) and outsider.code is ErrorCode.NOT_IN_COHORT
+    assert first is None
+    assert second is None
+    assert isinstance(outsider, StoreError)
+    assert outsider.code is ErrorCode.NOT_IN_COHORT
     assert [k.secagg_id for k in store.list_advertised_keys("r0")] == [1, 2]
     assert sum(isinstance(o, StoreError) for o in settled) == 1
 
@@ -98,7 +100,8 @@ def test_a_failed_transaction_fails_every_record_in_it_and_says_so(
     assert all(
         isinstance(o, StoreError) and o.code is ErrorCode.STORE_UNAVAILABLE for o in outcomes
     ), outcomes
-    assert len(settled) == 3 and all(isinstance(o, StoreError) for o in settled)
+    assert len(settled) == 3
+    assert all(isinstance(o, StoreError) for o in settled)
     assert store.list_advertised_keys("r0") == []
 
 

@@ -300,8 +300,13 @@ def test_a_batch_commits_its_writes_together_and_undoes_a_refused_one_alone(
 
 def test_a_batch_that_raises_stores_none_of_its_writes(store: SqlStore) -> None:
     _in_phase(store, RoundPhase.ADVERTISE_KEYS)
-    with pytest.raises(RuntimeError), store.batch():
-        store.add_advertised_keys(keys("r0", 1))
-        raise RuntimeError("the batch fails before its commit")
+
+    def failing_batch() -> None:
+        with store.batch():
+            store.add_advertised_keys(keys("r0", 1))
+            raise RuntimeError("the batch fails before its commit")
+
+    with pytest.raises(RuntimeError):
+        failing_batch()
     assert store.list_advertised_keys("r0") == []
     assert store.add_advertised_keys(keys("r0", 1)) is AddResult.ADDED  # and nothing is stuck

@@ -117,14 +117,14 @@ def add_shares(
         if existing == incoming:
             return AddResult.DUPLICATE
         raise StoreError(ErrorCode.CONFLICT, f"a different {what} is already stored")
-    shares = [
+    rows = [
         {"round_id": round_id, "sender": sender, "recipient": recipient, "ciphertext": data}
         for recipient, data in sorted(incoming.items())
     ]
     result = insert_once(
         session,
         [],
-        bulk=[(ShareRow, shares)],
+        bulk=[(ShareRow, rows)],
         stored=stored,
         same=lambda stored_set: stored_set == incoming,
         what=what,

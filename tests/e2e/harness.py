@@ -10,6 +10,7 @@ part in rounds through the agent's own ``RoundSession`` (generated stubs and the
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -60,20 +61,39 @@ FAST = {
 # outgoing connection comes from that range, so between this check and the process's own
 # bind, another test's connection could take it (seen in CI: a coordinator's metrics port).
 _PORTS = (20_000, 32_767)
-_port_rng = random.Random()
+
+
+def _port_slice() -> tuple[int, int]:
+    """This process's own part of ``_PORTS``: each pytest-xdist worker gets a slice, so two
+    workers never pick the same port between one's check and its coordinator's bind (seen
+    in CI: two tests, one port)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    width = (_PORTS[1] - _PORTS[0] + 1) // max(1, count)
+    low = _PORTS[0] + (index % max(1, count)) * width
+    return low, low + width - 1
+
+
+_SLICE = _port_slice()
+# In turn from a random start: a port comes back only after the whole slice, long after the
+# test that had it has ended, and never twice for one coordinator's ports.
+_next_port = itertools.count(random.randrange(_SLICE[1] - _SLICE[0] + 1))
 
 
 def free_port() -> int:
-    """A loopback TCP port free now, outside the range the kernel hands out by itself."""
+    """A loopback TCP port free now, outside the range the kernel hands out by itself, and
+    inside this test worker's own slice of it."""
+    low, high = _SLICE
     for _ in range(1000):
-        port = _port_rng.randint(*_PORTS)
+        port = low + next(_next_port) % (high - low + 1)
         with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    raise RuntimeError(f"no free port in {_PORTS[0]}-{_PORTS[1]} after 1000 tries")
+    raise RuntimeError(f"no free port in {low}-{high} after 1000 tries")
 
 
 def _toml(value: Any) -> str:

@@ -2,7 +2,8 @@
 each phase and the coordinator's CPU in it.
 
 For each cohort size ``n`` this starts a fresh coordinator (``fedadamw-coordinator run``,
-SQLite unless ``--db`` names another database, TLS and mutual TLS on loopback), enrolls ``n``
+SQLite, or with ``--postgres`` a fresh schema of the PostgreSQL the tests use,
+``$FEDADAMW_TEST_PG_URL``, dropped afterwards; TLS and mutual TLS on loopback), enrolls ``n``
 agents and runs one secure round (SecAgg+ on the k-regular graph that the coordinator
 chooses at its default rates, d = 100,000 parameters, ``bench_ingest``'s one-vector task).
 The agents are the real ``RoundSession``, each with its own channel, certificate and cache
@@ -23,8 +24,9 @@ All of it runs on this machine's 2 shared cores, so the agents' work (``n`` time
 device's) competes with the coordinator's: a phase's wall time is both. Compare the
 coordinator's CPU column across sizes.
 
-    python -m tests.benchmarks secure-cohort [--quick] [--sizes 100,300,1000] [--workers 3]
-        [--db postgresql+psycopg://postgres@127.0.0.1:5432/test]
+    python -m tests.benchmarks secure-cohort [--quick]
+    python -m tests.benchmarks.bench_secure_cohort [--sizes 100,300,1000] [--workers 3]
+        [--postgres] [--profile DIR] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -237,15 +239,17 @@ def _profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
 
 
 def measure(
-    n: int, workers: int, db: str | None, root: Path, timeout: float, profile: Path | None
+    n: int, workers: int, postgres: bool, root: Path, timeout: float, profile: Path | None
 ) -> dict[str, Any]:
     from tests.benchmarks.bench_fleet import _enroll_fleet, _subset
-    from tests.e2e.harness import Coordinator
+    from tests.e2e.harness import Coordinator, drop_postgres_schema, postgres_url_for_schema
 
     root.mkdir(parents=True)
+    schema = f"secure_cohort_{os.getpid()}_{n}"
+    db = postgres_url_for_schema(schema) if postgres else None
     coordinator = Coordinator(root, _settings(n), db_url=db)
-    coordinator.start(timeout=120)
     try:
+        coordinator.start(timeout=120)
         assert coordinator.process is not None
         files, enroll_s = _enroll_fleet(coordinator, n, min(ENROLL_WORKERS, workers), root)
         shares = _subset(files, n, workers, root)
@@ -276,6 +280,8 @@ def measure(
         status = coordinator.status()
     finally:
         coordinator.stop()
+        if postgres:
+            drop_postgres_schema(schema)
     outcomes: dict[str, int] = {}
     details: set[str] = set()
     for r in results:
@@ -351,7 +357,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--sizes", type=_ints, default=list(SIZES), help="cohort sizes")
     parser.add_argument("--workers", type=int, default=3, help="agent processes")
-    parser.add_argument("--db", help="a database URL for the coordinator (default: SQLite)")
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="the coordinator on PostgreSQL ($FEDADAMW_TEST_PG_URL, a fresh schema per size)",
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds for one round")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
@@ -371,7 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(
-        f"Secure round by cohort: d = 100,000, {args.db or 'SQLite'}, {args.workers} agent "
+        f"Secure round by cohort: d = 100,000, {'PostgreSQL' if args.postgres else 'SQLite'}, "
+        f"{args.workers} agent "
         f"processes, {os.cpu_count()} CPUs, load average "
         f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at start",
         flush=True,
@@ -383,7 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.profile is not None:
                 args.profile.mkdir(parents=True, exist_ok=True)
                 profile = args.profile / f"coordinator-n{n}.txt"
-            row = measure(n, args.workers, args.db, Path(tmp) / f"n{n}", args.timeout, profile)
+            row = measure(
+                n, args.workers, args.postgres, Path(tmp) / f"n{n}", args.timeout, profile
+            )
             rows.append(row)
             print(
                 f"  n = {n}: {row['round_state']} in {_cell(row['round_s'])} s, {row['outcomes']}",

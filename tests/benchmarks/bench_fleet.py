@@ -297,10 +297,10 @@ class _ProcessSampler:
         self.pid = pid
         self.rss: list[int] = []
         self.fds: list[int] = []
-        self._cpu0 = self._cpu()
+        self._cpu0 = self.cpu_seconds()
         self._t0 = time.monotonic()
 
-    def _cpu(self) -> float:
+    def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -311,12 +311,12 @@ class _ProcessSampler:
         self.fds.append(len(os.listdir(f"/proc/{self.pid}/fd")))
 
     def restart(self) -> None:
-        self._cpu0, self._t0 = self._cpu(), time.monotonic()
+        self._cpu0, self._t0 = self.cpu_seconds(), time.monotonic()
         self.rss.clear()
         self.fds.clear()
 
     def core_share(self) -> float:
-        return (self._cpu() - self._cpu0) / max(1e-9, time.monotonic() - self._t0)
+        return (self.cpu_seconds() - self._cpu0) / max(1e-9, time.monotonic() - self._t0)
 
 
 def _served(coordinator: Coordinator) -> dict[str, float]:

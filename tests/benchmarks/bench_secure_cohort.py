@@ -163,32 +163,27 @@ class _PhaseCpu(threading.Thread):
     """The coordinator's CPU seconds charged to the round phase open at each sample."""
 
     def __init__(self, pid: int, metrics_port: int) -> None:
+        from tests.benchmarks.bench_fleet import _ProcessSampler
+
         super().__init__(daemon=True)
-        self.pid = pid
+        self.process = _ProcessSampler(pid)
         self.metrics_port = metrics_port
         self.cpu: dict[str, float] = {}
-        self.peak_rss = 0
         self._done = threading.Event()
 
-    def _process_cpu(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def _rss(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+    @property
+    def peak_rss(self) -> int:
+        return max(self.process.rss, default=0)
 
     def run(self) -> None:
-        last = self._process_cpu()
+        last = self.process.cpu_seconds()
         while not self._done.wait(SAMPLE_SECONDS):
             try:
                 gauge = next(
                     v for n, _, v in _metrics(self.metrics_port) if n == "fedadamw_round_phase"
                 )
-                now = self._process_cpu()
-                self.peak_rss = max(self.peak_rss, self._rss())
+                now = self.process.cpu_seconds()
+                self.process.sample()
             except (OSError, StopIteration):
                 continue  # the process ended, or the scrape timed out: the next sample has it
             phase = PHASE_GAUGE.get(int(gauge), "outside a round")

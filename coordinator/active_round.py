@@ -17,7 +17,7 @@ from typing import Any
 
 from coordinator.domain import RoundPhase
 from coordinator.errors import CoordinatorError, ErrorCode, StoreError
-from coordinator.group_commit import GroupCommit
+from coordinator.group_commit import GroupCommit, WriteBatch
 from coordinator.round_state import RoundEvent, RoundState
 
 __all__ = ["ActiveRound"]
@@ -25,9 +25,11 @@ __all__ = ["ActiveRound"]
 
 @dataclass(eq=False)
 class ActiveRound:
-    """The open round. Its state changes only under ``lock``."""
+    """The open round. Its state changes only under ``lock``; ``write`` stores a batch of its
+    accepted messages (``coordinator.replay.write_records`` on the service's store)."""
 
     state: RoundState
+    write: WriteBatch[Any]
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # nothing pending: close early
     watchers: dict[int, set[asyncio.Queue[RoundEvent]]] = field(default_factory=dict)
@@ -37,7 +39,7 @@ class ActiveRound:
     writes: GroupCommit[Any] = field(init=False)  # accepted messages on their way to the store
 
     def __post_init__(self) -> None:
-        self.writes = GroupCommit(on_settled=self._settled)
+        self.writes = GroupCommit(self.write, on_settled=self._settled)
         self.update_ready()
 
     def _settled(self, outcomes: Sequence[BaseException | None]) -> None:

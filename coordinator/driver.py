@@ -30,7 +30,7 @@ import enum
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from coordinator.active_round import ActiveRound
@@ -48,7 +48,7 @@ from coordinator.errors import BlobError, CoordinatorError, ErrorCode, StoreErro
 from coordinator.listener import OUTVOTED, RoundListener
 from coordinator.model_state import ModelState
 from coordinator.reasons import RoundAbortReason, stored_drops
-from coordinator.replay import replay
+from coordinator.replay import AgentRecord, replay, write_records
 from coordinator.retention import apply_retention
 from coordinator.round_settings import plan_round
 from coordinator.round_state import Abort, Advance, Commit, Decision, Rebuild, RoundState
@@ -170,6 +170,10 @@ class RoundDriver:
             client = await asyncio.to_thread(self.store.get_client, client_id)
             self._identity[client_id] = client.identity_key
         return self._identity[client_id]
+
+    def _write_records(self, records: Sequence[AgentRecord]) -> list[Exception | None]:
+        """How an open round's accepted messages are stored, a batch at a time."""
+        return write_records(records, self.store)
 
     async def _identities(self, participants: list[Participant]) -> dict[int, bytes]:
         return {p.secagg_id: await self._identity_key(p.client_id) for p in participants}
@@ -308,7 +312,7 @@ class RoundDriver:
             )
             self.active = None
             return
-        self.active = ActiveRound(state)
+        self.active = ActiveRound(state, self._write_records)
         self.listener.round_resumed(state)
         await self._audit("round_resumed", f"{round_.round_id} in {round_.phase}")
 
@@ -351,7 +355,7 @@ class RoundDriver:
         state = RoundState.opened(round_, settings, participants, identity, now=now)
         self.room.assign(round_id, participants)
         self.listener.round_started(state, len(participants))
-        return ActiveRound(state)
+        return ActiveRound(state, self._write_records)
 
     async def _run_phase(self, active: ActiveRound) -> None:
         timeout = (active.state.deadline - self.clock()).total_seconds()

@@ -43,18 +43,22 @@ def _consume(future: asyncio.Future[None]) -> None:
 
 
 class GroupCommit(Generic[R]):
-    """A queue of records written in batches, one batch at a time, by ``write``."""
+    """A queue of records written in batches, one batch at a time, by ``write``;
+    ``on_settled`` hears each batch's outcomes before its senders do."""
 
     def __init__(
-        self, on_settled: Callable[[Sequence[BaseException | None]], None] = lambda _: None
+        self,
+        write: WriteBatch[R],
+        on_settled: Callable[[Sequence[BaseException | None]], None] = lambda _: None,
     ) -> None:
+        self._write = write
         self._on_settled = on_settled
         self._queued: list[tuple[R, asyncio.Future[None]]] = []
         self._flushing: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()
         self._drained.set()
 
-    def submit(self, record: R, write: WriteBatch[R]) -> asyncio.Future[None]:
+    def submit(self, record: R) -> asyncio.Future[None]:
         """Queue ``record``; the future is settled once its batch has committed (or with the
         store's refusal of it). Await it through ``asyncio.shield``: a sender that goes away
         does not take the write, or anyone else's, with it."""
@@ -63,21 +67,21 @@ class GroupCommit(Generic[R]):
         self._queued.append((record, future))
         self._drained.clear()
         if self._flushing is None:
-            self._flushing = asyncio.create_task(self._flush(write))
+            self._flushing = asyncio.create_task(self._flush())
         return future
 
     async def drained(self) -> None:
         """Until nothing is queued or being written (call it holding the round's lock)."""
         await self._drained.wait()
 
-    async def _flush(self, write: WriteBatch[R]) -> None:
+    async def _flush(self) -> None:
         batch: list[tuple[R, asyncio.Future[None]]] = []
         try:
             while self._queued:
                 batch, self._queued = self._queued, []
                 outcomes: Sequence[BaseException | None]
                 try:
-                    outcomes = await asyncio.to_thread(write, [record for record, _ in batch])
+                    outcomes = await asyncio.to_thread(self._write, [record for record, _ in batch])
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the transaction failed: no record of it is stored

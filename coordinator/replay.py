@@ -31,7 +31,7 @@ from coordinator.domain import (
     ShareRecord,
     UnmaskRecord,
 )
-from coordinator.errors import CoordinatorError, ErrorCode, StoreError
+from coordinator.errors import CoordinatorError, ErrorCode
 from coordinator.reasons import Dropped
 from coordinator.round_settings import RoundSettings
 from coordinator.round_state import RoundState, new_aggregation
@@ -113,16 +113,17 @@ def _(record: DropRecord, store: Store) -> None:
     store.drop_participant(record.round_id, record.secagg_id, reason=record.dropped.stored)
 
 
-def write_records(records: Sequence[AgentRecord], store: Store) -> list[StoreError | None]:
+def write_records(records: Sequence[AgentRecord], store: Store) -> list[Exception | None]:
     """Store ``records`` in one transaction (``Store.batch``), each under a savepoint of its
-    own; returns each one's refusal (None: stored). Raises ``StoreError`` when the
-    transaction as a whole failed: then none is stored (``coordinator.group_commit``)."""
-    outcomes: list[StoreError | None] = []
+    own; returns each one's refusal or failure (None: stored), so one record's error, even
+    an unexpected one, undoes only that record. Raises ``StoreError`` when the transaction
+    as a whole failed: then none is stored (``coordinator.group_commit``)."""
+    outcomes: list[Exception | None] = []
     with store.batch():
         for record in records:
             try:
                 write_record(record, store)
-            except StoreError as exc:
+            except Exception as exc:  # its savepoint is rolled back; its sender is told
                 outcomes.append(exc)
             else:
                 outcomes.append(None)

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
 from coordinator.active_round import ActiveRound
@@ -35,7 +35,7 @@ from coordinator.listener import ObservingListener, RoundListener
 from coordinator.metrics import Metrics
 from coordinator.model_state import ModelState
 from coordinator.reasons import Dropped
-from coordinator.replay import AgentRecord, DropRecord, write_records
+from coordinator.replay import AgentRecord, DropRecord
 from coordinator.round_settings import RoundSettings
 from coordinator.round_state import RoundEvent, RoundState
 from coordinator.store import Store
@@ -331,7 +331,7 @@ class RoundMachine:
                 raise received.refusal
             # stored with the others queued meanwhile, in one transaction, after the lock
             # is released; acknowledged once that transaction commits
-            written = active.writes.submit(record, self._write_records)
+            written = active.writes.submit(record)
         try:
             await asyncio.shield(written)
         except StoreError as exc:  # the state was marked: the next close rebuilds the round
@@ -345,9 +345,6 @@ class RoundMachine:
             raise
         if received.refusal is not None:
             raise received.refusal
-
-    def _write_records(self, records: Sequence[AgentRecord]) -> list[StoreError | None]:
-        return write_records(records, self.store)
 
     async def client_abort(
         self, client_id: int, round_id: str, phase: RoundPhase, reason: str

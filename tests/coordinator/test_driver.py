@@ -747,9 +747,13 @@ def test_a_coordinator_restarted_mid_round_resumes_it_and_commits(
 # --- watch streams of a round rebuilt from the store ------------------------------------
 
 
+def _nothing_written(records: object) -> list[None]:
+    raise AssertionError("these tests store no message")
+
+
 def test_a_watch_open_when_the_round_is_retired_is_told_to_watch_again() -> None:
     async def scenario() -> None:
-        active = ActiveRound(StateRound.open(small_config()).state)
+        active = ActiveRound(StateRound.open(small_config()).state, _nothing_written)
         stream = active.stream(1)
         first = await anext(stream)
         assert first.phase is RoundPhase.ADVERTISE_KEYS
@@ -765,7 +769,7 @@ def test_a_watch_open_when_the_round_is_retired_is_told_to_watch_again() -> None
 
 def test_a_watch_that_waited_for_the_lock_of_a_retired_round_is_told_to_watch_again() -> None:
     async def scenario() -> None:
-        active = ActiveRound(StateRound.open(small_config()).state)
+        active = ActiveRound(StateRound.open(small_config()).state, _nothing_written)
         await active.lock.acquire()  # held, as a submit or the driver's close holds it
         stream = active.stream(1)
         first = asyncio.ensure_future(anext(stream))

@@ -42,8 +42,8 @@ def test_messages_at_once_share_transactions_and_settle_once_committed(
         return write_records(records, store)
 
     async def scenario() -> None:
-        queue: GroupCommit[AgentRecord] = GroupCommit(on_settled=settled.extend)
-        futures = [queue.submit(keys("r0", i), write) for i in range(1, COHORT + 1)]
+        queue: GroupCommit[AgentRecord] = GroupCommit(write, on_settled=settled.extend)
+        futures = [queue.submit(keys("r0", i)) for i in range(1, COHORT + 1)]
         for i, future in enumerate(futures, start=1):
             await asyncio.shield(future)
             stored = {k.secagg_id for k in second_store.list_advertised_keys("r0")}
@@ -62,9 +62,10 @@ def test_a_refused_record_fails_alone(store: SqlStore) -> None:
     settled: list[BaseException | None] = []
 
     async def scenario() -> list[BaseException | None]:
-        queue: GroupCommit[AgentRecord] = GroupCommit(on_settled=settled.extend)
-        write = lambda records: write_records(records, store)  # noqa: E731
-        futures = [queue.submit(keys("r0", i), write) for i in (1, COHORT + 5, 2)]
+        queue: GroupCommit[AgentRecord] = GroupCommit(
+            lambda records: write_records(records, store), on_settled=settled.extend
+        )
+        futures = [queue.submit(keys("r0", i)) for i in (1, COHORT + 5, 2)]
         return list(await asyncio.gather(*futures, return_exceptions=True))
 
     first, outsider, second = asyncio.run(scenario())
@@ -74,6 +75,28 @@ def test_a_refused_record_fails_alone(store: SqlStore) -> None:
     assert outsider.code is ErrorCode.NOT_IN_COHORT
     assert [k.secagg_id for k in store.list_advertised_keys("r0")] == [1, 2]
     assert sum(isinstance(o, StoreError) for o in settled) == 1
+
+
+def test_a_record_whose_write_fails_unexpectedly_fails_alone(store: SqlStore) -> None:
+    """A record no store write exists for (``write_record`` raises TypeError): its sender
+    gets the error, the state hears of it, and the records around it are stored."""
+    _round(store)
+    settled: list[BaseException | None] = []
+
+    async def scenario() -> list[BaseException | None]:
+        queue: GroupCommit[object] = GroupCommit(
+            lambda records: write_records(records, store),  # type: ignore[arg-type]
+            on_settled=settled.extend,
+        )
+        futures = [queue.submit(r) for r in (keys("r0", 1), object(), keys("r0", 2))]
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
+    first, unknown, second = asyncio.run(scenario())
+    assert first is None
+    assert second is None
+    assert isinstance(unknown, TypeError)
+    assert [k.secagg_id for k in store.list_advertised_keys("r0")] == [1, 2]
+    assert [type(o) for o in settled] == [type(None), TypeError, type(None)]
 
 
 def test_a_failed_transaction_fails_every_record_in_it_and_says_so(
@@ -86,9 +109,10 @@ def test_a_failed_transaction_fails_every_record_in_it_and_says_so(
     settled: list[BaseException | None] = []
 
     async def scenario() -> list[BaseException | None]:
-        queue: GroupCommit[AgentRecord] = GroupCommit(on_settled=settled.extend)
-        write = lambda records: write_records(records, gone)  # noqa: E731
-        futures = [queue.submit(keys("r0", i), write) for i in (1, 2, 3)]
+        queue: GroupCommit[AgentRecord] = GroupCommit(
+            lambda records: write_records(records, gone), on_settled=settled.extend
+        )
+        futures = [queue.submit(keys("r0", i)) for i in (1, 2, 3)]
         outcomes = list(await asyncio.gather(*futures, return_exceptions=True))
         await asyncio.wait_for(queue.drained(), timeout=5)
         return outcomes
